@@ -1,0 +1,107 @@
+// The life of a call, as data. Every status change the service makes is one of TRANSITIONS; the SQL that performs
+// it (src/sql/*) fences on the `from` status, and migration 0001's CHECK lists the same STATUSES (a test compares).
+
+export const STATUSES = ['PENDING', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED'] as const
+export type CallStatus = (typeof STATUSES)[number]
+
+export const FINAL_STATUSES: readonly CallStatus[] = ['COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED']
+
+export const TRANSITIONS = {
+  claim: { from: 'PENDING', to: 'IN_PROGRESS' }, // a slot is taken and attempts grows by one
+  cancel: { from: 'PENDING', to: 'CANCELED' },
+  expire: { from: 'PENDING', to: 'EXPIRED' }, // expires_at passed before it could be dialed
+  complete: { from: 'IN_PROGRESS', to: 'COMPLETED' },
+  retry: { from: 'IN_PROGRESS', to: 'PENDING' }, // a failed attempt with attempts left, or a 429
+  fail: { from: 'IN_PROGRESS', to: 'FAILED' }, // attempts exhausted, a permanent error, or CALL_TIMEOUT
+  // A final webhook for the attempt that timed out: the provider knows better than our clock. No slot is taken.
+  lateOutcome: { from: 'FAILED', to: ['COMPLETED', 'FAILED'] },
+} as const
+
+/** Webhook statuses from the provider. RINGING and IN_PROGRESS only report progress. */
+export const PROVIDER_FINAL = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER'] as const
+export const PROVIDER_PROGRESS = ['RINGING', 'IN_PROGRESS'] as const
+export type ProviderFinal = (typeof PROVIDER_FINAL)[number]
+export type ProviderStatus = ProviderFinal | (typeof PROVIDER_PROGRESS)[number]
+
+export function isFinalProviderStatus(s: ProviderStatus): s is ProviderFinal {
+  return (PROVIDER_FINAL as readonly string[]).includes(s)
+}
+
+/** Error codes stored in calls.last_error.code and shown to API clients. */
+export const CALL_ERRORS = {
+  providerFailed: 'PROVIDER_FAILED', // webhook FAILED
+  busy: 'BUSY',
+  noAnswer: 'NO_ANSWER',
+  dialError: 'DIAL_ERROR', // 5xx, timeout or connection error while dialing
+  dialRejected: 'DIAL_REJECTED', // a 4xx other than 429: the provider will never accept this call
+  timeout: 'CALL_TIMEOUT', // no final webhook within CALL_TIMEOUT_MS
+} as const
+
+export interface RetryPolicy {
+  maxAttempts: number
+  retryBaseDelayMs: number
+  retryMaxDelayMs: number
+}
+
+/**
+ * Delay before attempt `attempt + 1`, after attempt `attempt` (1-based) failed:
+ * min(max, base * 2^(attempt-1)), then "equal jitter" (half fixed, half random) so calls that failed together do
+ * not come back together, while the gap never drops below half the nominal delay.
+ */
+export function retryDelayMs(policy: RetryPolicy, attempt: number, random = Math.random): number {
+  const nominal = Math.min(policy.retryMaxDelayMs, policy.retryBaseDelayMs * 2 ** Math.max(0, attempt - 1))
+  return Math.round(nominal / 2 + (nominal / 2) * random())
+}
+
+export type AttemptEnd =
+  | { next: 'COMPLETED' }
+  | { next: 'PENDING'; delayMs: number; spendsAttempt: boolean; error: CallError }
+  | { next: 'FAILED'; error: CallError }
+
+export interface CallError {
+  code: string
+  message: string
+}
+
+/**
+ * What happens to a call when attempt `attempt` ends. A failed attempt (FAILED, BUSY, NO_ANSWER webhooks and dial
+ * errors) is retried while attempts remain; a permanent rejection is not; a 429 does not spend the attempt.
+ */
+export function endAttempt(
+  policy: RetryPolicy,
+  attempt: number,
+  outcome:
+    | { kind: 'completed' }
+    | { kind: 'failed'; error: CallError }
+    | { kind: 'rejected'; error: CallError }
+    | { kind: 'throttled'; retryAfterMs: number | undefined; error: CallError },
+  random = Math.random,
+): AttemptEnd {
+  switch (outcome.kind) {
+    case 'completed':
+      return { next: 'COMPLETED' }
+    case 'rejected':
+      return { next: 'FAILED', error: outcome.error }
+    case 'throttled':
+      return {
+        next: 'PENDING',
+        delayMs: outcome.retryAfterMs ?? retryDelayMs(policy, Math.max(1, attempt), random),
+        spendsAttempt: false,
+        error: outcome.error,
+      }
+    case 'failed':
+      if (attempt >= policy.maxAttempts) return { next: 'FAILED', error: outcome.error }
+      return {
+        next: 'PENDING',
+        delayMs: retryDelayMs(policy, attempt, random),
+        spendsAttempt: true,
+        error: outcome.error,
+      }
+  }
+}
+
+export function webhookError(status: ProviderFinal, detail: string | undefined): CallError {
+  const code =
+    status === 'BUSY' ? CALL_ERRORS.busy : status === 'NO_ANSWER' ? CALL_ERRORS.noAnswer : CALL_ERRORS.providerFailed
+  return { code, message: detail ?? `provider reported ${status}` }
+}

@@ -1,0 +1,156 @@
+import { type Static, Type } from 'typebox'
+import { Value } from 'typebox/value'
+
+// The only place the environment is read. Names match the older Express implementation so a deployment can switch
+// without renaming anything. Every value is validated once, at start-up; a bad one stops the process (main.ts).
+
+const Int = (def: number, min: number, max: number, description: string) =>
+  Type.Integer({ default: def, minimum: min, maximum: max, description })
+const Text = (description: string) => Type.Optional(Type.String({ minLength: 1, description }))
+const Url = (description: string) => Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description }))
+
+const MINUTE = 60_000
+const HOUR = 60 * MINUTE
+
+export const EnvSchema = Type.Object({
+  NODE_ENV: Type.Enum(['development', 'production', 'test'], { default: 'development' }),
+  PORT: Int(3000, 0, 65535, 'HTTP port'),
+  HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
+  ROLE: Type.Enum(['all', 'api', 'worker'], { default: 'all' }),
+  LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'PostgreSQL URL' })),
+  DB_HOST: Text('legacy: host, used when DATABASE_URL is unset'),
+  DB_PORT: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+  DB_USERNAME: Text('legacy: user'),
+  DB_PASSWORD: Type.Optional(Type.String()),
+  DB_DATABASE: Text('legacy: database name'),
+  DB_POOL_MAX: Int(10, 2, 200, 'connections in the service pool'),
+  EMBEDDED_PG_PORT: Int(54329, 1, 65535, 'port of the embedded PostgreSQL'),
+  EMBEDDED_PG_DIR: Type.String({ default: '.data/postgres', minLength: 1 }),
+  AI_CALL_API_URL: Url('provider base URL; unset: the built-in simulator'),
+  AI_CALL_API_KEY: Text('provider bearer token'),
+  WEBHOOK_BASE_URL: Url('public base URL the provider calls back; default http://localhost:$PORT'),
+  WEBHOOK_SECRET: Text('HMAC secret of provider webhooks'),
+  MAX_CONCURRENT_CALLS: Int(30, 1, 10_000, 'global cap of IN_PROGRESS calls'),
+  MAX_RETRY_ATTEMPTS: Int(3, 1, 100, 'dials per call, the first included'),
+  RETRY_BASE_DELAY_MS: Int(30_000, 0, 24 * HOUR, 'first retry delay'),
+  RETRY_MAX_DELAY_MS: Int(10 * MINUTE, 0, 7 * 24 * HOUR, 'retry delay ceiling'),
+  CALL_TIMEOUT_MS: Int(15 * MINUTE, 1000, 7 * 24 * HOUR, 'longest IN_PROGRESS without a final webhook'),
+  CALL_EXPIRY_MS: Int(24 * HOUR, 1000, 365 * 24 * HOUR, 'default time a call may wait PENDING'),
+  PROVIDER_TIMEOUT_MS: Int(10_000, 100, 10 * MINUTE, 'dial request timeout'),
+  SWEEP_INTERVAL_MS: Int(1000, 50, HOUR, 'how often a worker expires and times out calls'),
+  API_KEYS: Text('comma-separated client API keys'),
+  RATE_LIMIT_MAX: Int(600, 1, 1_000_000, 'requests per window per API key'),
+  RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'rate limit window'),
+  SIM_CALL_DURATION_MS: Int(3000, 0, HOUR, 'built-in simulator: call length'),
+  SIM_OUTCOMES: Type.String({ default: 'COMPLETED=1', pattern: '^[A-Z_]+=\\d+(,[A-Z_]+=\\d+)*$' }),
+})
+type Env = Static<typeof EnvSchema>
+
+export interface Config {
+  env: Env['NODE_ENV']
+  port: number
+  host: string
+  role: Env['ROLE']
+  logLevel: string
+  /** Undefined: start the embedded PostgreSQL. */
+  databaseUrl: string | undefined
+  dbPoolMax: number
+  embeddedPg: { port: number; dir: string }
+  provider: { url: string | undefined; apiKey: string | undefined; timeoutMs: number }
+  /** baseUrl undefined: http://localhost:<the port the server got>. */
+  webhook: { baseUrl: string | undefined; secret: string | undefined }
+  dispatch: {
+    maxConcurrentCalls: number
+    maxAttempts: number
+    retryBaseDelayMs: number
+    retryMaxDelayMs: number
+    callTimeoutMs: number
+    callExpiryMs: number
+    sweepIntervalMs: number
+  }
+  apiKeys: string[]
+  rateLimit: { max: number; windowMs: number }
+  simulator: { callDurationMs: number; outcomes: Record<string, number> }
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[]
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`)
+    this.problems = problems
+  }
+}
+
+export function loadConfig(source: Record<string, string | undefined>): Config {
+  // Empty strings count as unset, as they do in most .env tooling.
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const value = source[key]
+    if (value !== undefined && value.trim() !== '') raw[key] = value.trim()
+  }
+  const env = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
+  const problems = [...Value.Errors(EnvSchema, env)].map(
+    (e) => `${e.instancePath.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(raw[e.instancePath.slice(1)])})`,
+  )
+  if (env.RETRY_MAX_DELAY_MS < env.RETRY_BASE_DELAY_MS) {
+    problems.push('RETRY_MAX_DELAY_MS: must be >= RETRY_BASE_DELAY_MS')
+  }
+  const apiKeys = (env.API_KEYS ?? '')
+    .split(',')
+    .map((k) => k.trim())
+    .filter(Boolean)
+  if (env.NODE_ENV === 'production') {
+    if (apiKeys.length === 0) problems.push('API_KEYS: required when NODE_ENV=production')
+    if (!env.WEBHOOK_SECRET) problems.push('WEBHOOK_SECRET: required when NODE_ENV=production')
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+
+  return {
+    env: env.NODE_ENV,
+    port: env.PORT,
+    host: env.HOST,
+    role: env.ROLE,
+    logLevel: env.LOG_LEVEL,
+    databaseUrl: env.DATABASE_URL ?? legacyDatabaseUrl(env),
+    dbPoolMax: env.DB_POOL_MAX,
+    embeddedPg: { port: env.EMBEDDED_PG_PORT, dir: env.EMBEDDED_PG_DIR },
+    provider: {
+      url: env.AI_CALL_API_URL?.replace(/\/+$/, ''),
+      apiKey: env.AI_CALL_API_KEY,
+      timeoutMs: env.PROVIDER_TIMEOUT_MS,
+    },
+    webhook: {
+      baseUrl: env.WEBHOOK_BASE_URL?.replace(/\/+$/, ''),
+      secret: env.WEBHOOK_SECRET,
+    },
+    dispatch: {
+      maxConcurrentCalls: env.MAX_CONCURRENT_CALLS,
+      maxAttempts: env.MAX_RETRY_ATTEMPTS,
+      retryBaseDelayMs: env.RETRY_BASE_DELAY_MS,
+      retryMaxDelayMs: env.RETRY_MAX_DELAY_MS,
+      callTimeoutMs: env.CALL_TIMEOUT_MS,
+      callExpiryMs: env.CALL_EXPIRY_MS,
+      sweepIntervalMs: env.SWEEP_INTERVAL_MS,
+    },
+    apiKeys,
+    rateLimit: { max: env.RATE_LIMIT_MAX, windowMs: env.RATE_LIMIT_WINDOW_MS },
+    simulator: {
+      callDurationMs: env.SIM_CALL_DURATION_MS,
+      outcomes: Object.fromEntries(
+        env.SIM_OUTCOMES.split(',').map((pair) => {
+          const [name, weight] = pair.split('=')
+          return [name, Number(weight)]
+        }),
+      ),
+    },
+  }
+}
+
+/** The older deployment's DB_* variables, used only when DATABASE_URL is unset and DB_HOST is given. */
+function legacyDatabaseUrl(env: Env): string | undefined {
+  if (!env.DB_HOST) return undefined
+  const user = encodeURIComponent(env.DB_USERNAME ?? 'postgres')
+  const password = env.DB_PASSWORD ? `:${encodeURIComponent(env.DB_PASSWORD)}` : ''
+  return `postgres://${user}${password}@${env.DB_HOST}:${env.DB_PORT ?? 5432}/${encodeURIComponent(env.DB_DATABASE ?? 'postgres')}`
+}

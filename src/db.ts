@@ -1,0 +1,86 @@
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { type ColumnType, type Generated, Kysely, PostgresDialect, type Selectable } from 'kysely'
+import { FileMigrationProvider, Migrator } from 'kysely/migration'
+import pg from 'pg'
+import type { CallStatus } from './call-state.ts'
+
+// timestamptz and bigint arrive as strings by default; bigint ids of call_events stay strings (they exceed 2^53
+// only in theory), counts are cast to int in SQL.
+
+type Timestamp = ColumnType<Date, Date | string, Date | string>
+/** A timestamp with a database default. */
+type DefaultTimestamp = ColumnType<Date, Date | string | undefined, Date | string>
+
+export interface CallsTable {
+  id: Generated<string>
+  to_phone: string
+  script_id: string
+  metadata: ColumnType<Record<string, unknown>, string | Record<string, unknown>, string | Record<string, unknown>>
+  status: Generated<CallStatus>
+  attempts: Generated<number>
+  last_error: { code: string; message: string } | null
+  provider_call_id: string | null
+  next_attempt_at: DefaultTimestamp
+  created_at: DefaultTimestamp
+  updated_at: DefaultTimestamp
+  started_at: Timestamp | null
+  ended_at: Timestamp | null
+  expires_at: Timestamp
+  duration_sec: number | null
+  idempotency_key: string | null
+  request_hash: string | null
+}
+
+export interface CallEventsTable {
+  id: Generated<string>
+  call_id: string
+  attempt: number
+  kind: string
+  status: string | null
+  detail: ColumnType<Record<string, unknown>, string | Record<string, unknown> | undefined, never>
+  created_at: DefaultTimestamp
+}
+
+export interface DB {
+  calls: CallsTable
+  call_events: CallEventsTable
+}
+
+export type Call = Selectable<CallsTable>
+export type CallEvent = Selectable<CallEventsTable>
+export type Database = Kysely<DB>
+
+export function createPool(connectionString: string, max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max, application_name: 'call-orchestrator' })
+  // An idle client that loses its server (PostgreSQL restarted) emits 'error' on the pool; without a listener
+  // Node would crash. The next query simply gets a fresh connection.
+  pool.on('error', () => {})
+  return pool
+}
+
+export function createDb(pool: pg.Pool): Database {
+  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+}
+
+export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../db/migrations')
+
+/**
+ * Brings the schema to the latest migration. Safe when several instances start at once: Kysely's Migrator holds a
+ * PostgreSQL advisory lock for the whole run, so the others wait and then find nothing to do.
+ */
+export async function migrateToLatest(db: Kysely<DB>): Promise<string[]> {
+  const migrator = new Migrator({
+    db,
+    provider: new FileMigrationProvider({
+      fs,
+      path,
+      migrationFolder: MIGRATIONS_DIR,
+      import: (file: string) => import(pathToFileURL(file).href),
+    }),
+  })
+  const { error, results } = await migrator.migrateToLatest()
+  if (error) throw error instanceof Error ? error : new Error(String(error))
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName)
+}

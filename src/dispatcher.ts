@@ -1,0 +1,160 @@
+import type { Kysely } from 'kysely'
+import type { Logger } from 'pino'
+import { endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
+import type { Call, DB } from './db.ts'
+import type { DialResult, Provider } from './provider.ts'
+import type { Wakeup } from './queue.ts'
+import { settleAttempt } from './settle.ts'
+import { recordDialAccepted } from './sql/attempts.ts'
+import { claimDueCalls } from './sql/claim.ts'
+import { expireOverdueCalls, timeOutSilentCalls } from './sql/sweep.ts'
+
+// The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),
+// so any number of processes can run this loop against one database. notify() cuts the idle wait short when a
+// slot frees or calls arrive; without it the loop still polls every `pollMs`.
+
+export interface DispatcherOptions {
+  db: Kysely<DB>
+  provider: Provider
+  wakeup: Wakeup
+  log: Logger
+  policy: RetryPolicy
+  maxConcurrentCalls: number
+  callTimeoutMs: number
+  sweepIntervalMs: number
+  webhookUrl: (call: Call) => string
+  /** Dials this process keeps open at once; more free slots are left to other processes or the next pass. */
+  maxInFlightDials?: number
+  pollMs?: number
+  /** Observers (metrics); never awaited. */
+  onDial?: (result: DialResult, elapsedMs: number) => void
+}
+
+export interface Dispatcher {
+  start(): void
+  notify(): void
+  /** Stops claiming, waits for dials in flight to be recorded (up to timeoutMs), then resolves. */
+  stop(timeoutMs?: number): Promise<void>
+  readonly inFlight: number
+}
+
+export function createDispatcher(o: DispatcherOptions): Dispatcher {
+  const maxInFlight = o.maxInFlightDials ?? 256
+  const pollMs = o.pollMs ?? 1000
+  const inFlight = new Set<Promise<void>>()
+  let running = false
+  let loopDone: Promise<void> | undefined
+  let wanted = false // a notify() arrived while a pass was running: run another right away
+  let wake: (() => void) | undefined
+  let lastSweep = 0
+
+  function notify() {
+    wanted = true
+    wake?.()
+  }
+
+  async function sweep() {
+    lastSweep = Date.now()
+    const expired = await expireOverdueCalls(o.db)
+    const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
+    if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
+  }
+
+  async function pass(): Promise<number> {
+    if (Date.now() - lastSweep >= o.sweepIntervalMs) await sweep()
+    const calls = await claimDueCalls(o.db, o.maxConcurrentCalls, maxInFlight - inFlight.size)
+    for (const call of calls) {
+      const p = dialAndRecord(call).finally(() => inFlight.delete(p))
+      inFlight.add(p)
+    }
+    return calls.length
+  }
+
+  async function dialAndRecord(call: Call) {
+    const attempt = call.attempts
+    const started = performance.now()
+    const result = await o.provider.dial({
+      callId: call.id,
+      attempt,
+      to: call.to_phone,
+      scriptId: call.script_id,
+      metadata: call.metadata,
+      webhookUrl: o.webhookUrl(call),
+    })
+    o.onDial?.(result, performance.now() - started)
+    try {
+      if (result.kind === 'accepted') {
+        await recordDialAccepted(o.db, call.id, attempt, result.providerCallId)
+        return
+      }
+      const end = decideEnd(o.policy, attempt, result)
+      const eventKind = { failed: 'DIAL_FAILED', rejected: 'DIAL_REJECTED', throttled: 'DIAL_THROTTLED' }[result.kind]
+      const settled = await settleAttempt(o.db, o.wakeup, {
+        callId: call.id,
+        attempt,
+        end,
+        eventKind,
+        detail: { error: result.error },
+      })
+      o.log.warn(
+        { callId: call.id, attempt, result: result.kind, next: settled.status, error: result.error.message },
+        'dial not accepted',
+      )
+    } catch (err) {
+      // The database is unreachable: the call keeps its slot and CALL_TIMEOUT settles it, or the webhook does.
+      o.log.error({ err, callId: call.id, attempt }, 'could not record dial result')
+    }
+  }
+
+  async function loop() {
+    let failures = 0
+    while (running) {
+      wanted = false
+      let claimed = 0
+      try {
+        claimed = await pass()
+        failures = 0
+      } catch (err) {
+        failures++
+        if (failures === 1 || failures % 30 === 0) o.log.error({ err, failures }, 'dispatch pass failed')
+      }
+      if (!running) break
+      if (claimed > 0 || wanted) continue
+      // Back off while the database is down, so a restart is not met by a tight error loop.
+      const waitMs = failures > 0 ? Math.min(pollMs * 2 ** Math.min(failures - 1, 4), 10_000) : pollMs
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, waitMs)
+        wake = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      wake = undefined
+    }
+  }
+
+  return {
+    start() {
+      if (running) return
+      running = true
+      loopDone = loop()
+    },
+    notify,
+    async stop(timeoutMs = 10_000) {
+      running = false
+      wake?.()
+      await loopDone
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.allSettled([...inFlight]),
+        new Promise((r) => {
+          timer = setTimeout(r, timeoutMs)
+        }),
+      ])
+      clearTimeout(timer)
+    },
+    get inFlight() {
+      return inFlight.size
+    },
+  }
+}

@@ -1,0 +1,113 @@
+import type { FastifyInstance } from 'fastify'
+import type { Kysely } from 'kysely'
+import type { PgBoss } from 'pg-boss'
+import type { Logger } from 'pino'
+import { buildApp } from './app.ts'
+import type { Config } from './config.ts'
+import { createDb, createPool, type DB, migrateToLatest } from './db.ts'
+import { createDispatcher, type Dispatcher } from './dispatcher.ts'
+import { type EmbeddedDb, startEmbeddedDb } from './embedded-db.ts'
+import { createProvider } from './provider.ts'
+import { createWakeup, QUEUES, startQueue } from './queue.ts'
+import { type Simulator, startSimulator } from './simulator.ts'
+
+// The whole service from a Config: database (embedded when none is configured) -> pg-boss -> provider (the simulator
+// when none is configured) -> HTTP app + dispatcher. main.ts runs it; integration tests run it in-process.
+
+export interface Service {
+  app: FastifyInstance
+  db: Kysely<DB>
+  boss: PgBoss
+  dispatcher: Dispatcher | undefined
+  simulator: Simulator | undefined
+  /** Base URL the HTTP server listens on, e.g. http://127.0.0.1:3000 */
+  url: string
+  /** Graceful: stop accepting requests, stop claiming, let dials in flight record their result, close pools. */
+  stop(): Promise<void>
+}
+
+export async function startService(config: Config, log: Logger): Promise<Service> {
+  let embedded: EmbeddedDb | undefined
+  if (!config.databaseUrl) {
+    embedded = await startEmbeddedDb({
+      dir: config.embeddedPg.dir,
+      port: config.embeddedPg.port,
+      database: 'orchestrator',
+    })
+    log.info(
+      { dir: config.embeddedPg.dir, port: config.embeddedPg.port },
+      'DATABASE_URL is not set: started the embedded PostgreSQL',
+    )
+  }
+  const databaseUrl = config.databaseUrl ?? (embedded as EmbeddedDb).url
+
+  const pool = createPool(databaseUrl, config.dbPoolMax)
+  const db = createDb(pool)
+  const applied = await migrateToLatest(db)
+  if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
+  const boss = await startQueue(databaseUrl, log)
+
+  let simulator: Simulator | undefined
+  if (!config.provider.url) {
+    simulator = await startSimulator({
+      callDurationMs: config.simulator.callDurationMs,
+      outcomes: config.simulator.outcomes,
+      ...(config.webhook.secret ? { webhookSecret: config.webhook.secret } : {}),
+      ...(config.provider.apiKey ? { apiKey: config.provider.apiKey } : {}),
+    })
+    log.info({ url: simulator.url }, 'AI_CALL_API_URL is not set: dialing the built-in provider simulator')
+  }
+  const provider = createProvider({
+    baseUrl: config.provider.url ?? (simulator as Simulator).url,
+    apiKey: config.provider.apiKey,
+    timeoutMs: config.provider.timeoutMs,
+  })
+
+  let dispatcher: Dispatcher | undefined
+  const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
+  const app = await buildApp({ config, db, log, wakeup, clientApi: config.role !== 'worker' })
+  await app.listen({ port: config.port, host: config.host })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address ? address.port : config.port
+  // Without WEBHOOK_BASE_URL the provider calls back to this process, on the port it really got.
+  const webhookBase = config.webhook.baseUrl ?? `http://localhost:${port}`
+
+  if (config.role !== 'api') {
+    const d = createDispatcher({
+      db,
+      provider,
+      wakeup,
+      log,
+      policy: config.dispatch,
+      maxConcurrentCalls: config.dispatch.maxConcurrentCalls,
+      callTimeoutMs: config.dispatch.callTimeoutMs,
+      sweepIntervalMs: config.dispatch.sweepIntervalMs,
+      webhookUrl: (call) => `${webhookBase}/api/v1/callbacks/call-status?call=${call.id}&attempt=${call.attempts}`,
+    })
+    dispatcher = d
+    await boss.work(QUEUES.callReady.name, { batchSize: 100, pollingIntervalSeconds: 1 }, async () => d.notify())
+    d.start()
+  }
+  log.info(
+    { role: config.role, port, maxConcurrentCalls: config.dispatch.maxConcurrentCalls },
+    'call orchestrator ready',
+  )
+
+  return {
+    app,
+    db,
+    boss,
+    dispatcher,
+    simulator,
+    url: `http://127.0.0.1:${port}`,
+    async stop() {
+      await app.close()
+      await dispatcher?.stop(10_000)
+      await boss.stop({ graceful: true, timeout: 5000 })
+      await provider.close()
+      await simulator?.close()
+      await db.destroy()
+      await embedded?.stop()
+    },
+  }
+}

@@ -1,0 +1,159 @@
+import { randomUUID } from 'node:crypto'
+import { type Kysely, sql } from 'kysely'
+import type { CallStatus } from '../call-state.ts'
+import type { Call, DB } from '../db.ts'
+
+// Client-facing statements on calls. Each state change is one statement fenced on the status it leaves (so a call
+// the dispatcher claims between a client's read and write is never changed) and writes its call_events row in the
+// same statement.
+
+export interface NewCall {
+  toPhone: string
+  scriptId: string
+  metadata: Record<string, unknown>
+  /** Absolute expiry; null means now() + expiryMs, computed by the database clock. */
+  expiresAt: Date | null
+  idempotencyKey: string | null
+  requestHash: string | null
+}
+
+export type CreateResult =
+  | { kind: 'created'; call: Call }
+  | { kind: 'replayed'; call: Call }
+  | { kind: 'key_reused'; call: Call }
+
+export async function createCall(db: Kysely<DB>, c: NewCall, expiryMs: number): Promise<CreateResult> {
+  const { rows } = await sql<Call>`
+    with inserted as (
+      insert into calls (to_phone, script_id, metadata, expires_at, idempotency_key, request_hash)
+      values (${c.toPhone}, ${c.scriptId}, ${JSON.stringify(c.metadata)}::jsonb,
+              coalesce(${c.expiresAt}::timestamptz, now() + make_interval(secs => ${expiryMs / 1000}::float8)),
+              ${c.idempotencyKey}, ${c.requestHash})
+      on conflict (idempotency_key) where idempotency_key is not null do nothing
+      returning *
+    ), history as (
+      insert into call_events (call_id, attempt, kind, status)
+      select id, 0, 'CREATED', 'PENDING' from inserted
+    )
+    select * from inserted
+  `.execute(db)
+  if (rows[0]) return { kind: 'created', call: rows[0] }
+
+  // The key is taken (ON CONFLICT waited for the other insert to commit, so the row is visible now).
+  const existing = await db
+    .selectFrom('calls')
+    .selectAll()
+    .where('idempotency_key', '=', c.idempotencyKey)
+    .executeTakeFirstOrThrow()
+  return existing.request_hash === c.requestHash
+    ? { kind: 'replayed', call: existing }
+    : { kind: 'key_reused', call: existing }
+}
+
+/**
+ * One multi-row insert for a whole batch; all rows or none. Ids are chosen here so the response lists them in the
+ * order of the request without relying on the order of RETURNING.
+ */
+export async function createCalls(db: Kysely<DB>, calls: NewCall[], expiryMs: number): Promise<string[]> {
+  const ids = calls.map(() => randomUUID())
+  const input = calls.map((c, i) => ({
+    id: ids[i],
+    to_phone: c.toPhone,
+    script_id: c.scriptId,
+    metadata: c.metadata,
+    expires_at: c.expiresAt,
+  }))
+  await sql`
+    with input as (
+      select * from jsonb_to_recordset(${JSON.stringify(input)}::jsonb)
+        as t(id uuid, to_phone text, script_id text, metadata jsonb, expires_at timestamptz)
+    ), inserted as (
+      insert into calls (id, to_phone, script_id, metadata, expires_at)
+      select id, to_phone, script_id, metadata, coalesce(expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8))
+        from input
+      returning id
+    )
+    insert into call_events (call_id, attempt, kind, status)
+    select id, 0, 'CREATED', 'PENDING' from inserted
+  `.execute(db)
+  return ids as string[]
+}
+
+export async function getCall(db: Kysely<DB>, id: string): Promise<Call | undefined> {
+  return db.selectFrom('calls').selectAll().where('id', '=', id).executeTakeFirst()
+}
+
+export type PendingChange =
+  | { kind: 'changed'; call: Call }
+  | { kind: 'not_found' }
+  | { kind: 'not_pending'; status: CallStatus }
+
+export interface CallPatch {
+  toPhone?: string
+  scriptId?: string
+  metadata?: Record<string, unknown>
+}
+
+export async function updatePendingCall(db: Kysely<DB>, id: string, patch: CallPatch): Promise<PendingChange> {
+  const { rows } = await sql<Call>`
+    with changed as (
+      update calls
+         set to_phone  = coalesce(${patch.toPhone ?? null}, to_phone),
+             script_id = coalesce(${patch.scriptId ?? null}, script_id),
+             metadata  = coalesce(${patch.metadata ? JSON.stringify(patch.metadata) : null}::jsonb, metadata)
+       where id = ${id}::uuid and status = 'PENDING'
+      returning *
+    ), history as (
+      insert into call_events (call_id, attempt, kind, status, detail)
+      select id, attempts, 'UPDATED', status, ${JSON.stringify({ fields: Object.keys(patch) })}::jsonb from changed
+    )
+    select * from changed
+  `.execute(db)
+  return rows[0] ? { kind: 'changed', call: rows[0] } : whyNotPending(db, id)
+}
+
+export async function cancelPendingCall(db: Kysely<DB>, id: string): Promise<PendingChange> {
+  const { rows } = await sql<Call>`
+    with changed as (
+      update calls set status = 'CANCELED', ended_at = now()
+       where id = ${id}::uuid and status = 'PENDING'
+      returning *
+    ), history as (
+      insert into call_events (call_id, attempt, kind, status)
+      select id, attempts, 'CANCELED', 'CANCELED' from changed
+    )
+    select * from changed
+  `.execute(db)
+  return rows[0] ? { kind: 'changed', call: rows[0] } : whyNotPending(db, id)
+}
+
+async function whyNotPending(db: Kysely<DB>, id: string): Promise<PendingChange> {
+  const row = await db.selectFrom('calls').select('status').where('id', '=', id).executeTakeFirst()
+  return row ? { kind: 'not_pending', status: row.status } : { kind: 'not_found' }
+}
+
+export interface ListQuery {
+  status?: CallStatus
+  page: number
+  limit: number
+}
+
+export async function listCalls(db: Kysely<DB>, q: ListQuery): Promise<{ calls: Call[]; total: number }> {
+  let query = db.selectFrom('calls')
+  if (q.status) query = query.where('status', '=', q.status)
+  const [calls, count] = await Promise.all([
+    query
+      .selectAll()
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .limit(q.limit)
+      .offset((q.page - 1) * q.limit)
+      .execute(),
+    query.select(sql<number>`count(*)::int`.as('total')).executeTakeFirstOrThrow(),
+  ])
+  return { calls, total: count.total }
+}
+
+export async function listEvents(db: Kysely<DB>, callId: string) {
+  return db.selectFrom('call_events').selectAll().where('call_id', '=', callId).orderBy('id').execute()
+}
