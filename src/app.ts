@@ -6,6 +6,7 @@ import ajvFormats from 'ajv-formats'
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify'
 import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
+import { installAuth } from './auth.ts'
 import type { Config } from './config.ts'
 import type { DB } from './db.ts'
 import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './http-errors.ts'
@@ -89,6 +90,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       .send(errorBody(apiError(404, 'ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`))),
   )
 
+  await installAuth(app, deps.config)
+
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -99,6 +102,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           'Queue outbound AI calls; the service dials them under a global concurrency cap and settles them from provider webhooks.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: deps.config.apiKeys.length > 0 ? [{ bearer: [] }] : [],
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string) ?? `def-${i}` },
   })

@@ -89,10 +89,15 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     const value = source[key]
     if (value !== undefined && value.trim() !== '') raw[key] = value.trim()
   }
+  // Convert would quietly turn "1.5" into 1; integers must be written as integers.
+  const notIntegers = Object.entries(EnvSchema.properties)
+    .filter(([key, schema]) => schemaType(schema) === 'integer' && raw[key] !== undefined && !/^\d+$/.test(String(raw[key])))
+    .map(([key]) => `${key}: must be a whole number (got ${JSON.stringify(raw[key])})`)
   const env = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
   const problems = [...Value.Errors(EnvSchema, env)].map(
     (e) => `${e.instancePath.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(raw[e.instancePath.slice(1)])})`,
   )
+  problems.unshift(...notIntegers)
   if (env.RETRY_MAX_DELAY_MS < env.RETRY_BASE_DELAY_MS) {
     problems.push('RETRY_MAX_DELAY_MS: must be >= RETRY_BASE_DELAY_MS')
   }
@@ -145,6 +150,11 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       ),
     },
   }
+}
+
+function schemaType(schema: unknown): unknown {
+  const s = schema as { type?: unknown; anyOf?: { type?: unknown }[] }
+  return s.type ?? s.anyOf?.[0]?.type
 }
 
 /** The older deployment's DB_* variables, used only when DATABASE_URL is unset and DB_HOST is given. */
