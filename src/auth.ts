@@ -30,7 +30,9 @@ export async function installAuth(app: FastifyInstance, config: Config): Promise
       if (!isClientApi(req.url)) return
       if (!keyOf(req)) {
         reply.header('www-authenticate', 'Bearer')
-        return reply.code(401).send(errorBody(apiError(401, 'UNAUTHORIZED', 'a valid API key is required: Authorization: Bearer <key>')))
+        return reply
+          .code(401)
+          .send(errorBody(apiError(401, 'UNAUTHORIZED', 'a valid API key is required: Authorization: Bearer <key>')))
       }
     })
   }

@@ -91,7 +91,9 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   }
   // Convert would quietly turn "1.5" into 1; integers must be written as integers.
   const notIntegers = Object.entries(EnvSchema.properties)
-    .filter(([key, schema]) => schemaType(schema) === 'integer' && raw[key] !== undefined && !/^\d+$/.test(String(raw[key])))
+    .filter(
+      ([key, schema]) => schemaType(schema) === 'integer' && raw[key] !== undefined && !/^\d+$/.test(String(raw[key])),
+    )
     .map(([key]) => `${key}: must be a whole number (got ${JSON.stringify(raw[key])})`)
   const env = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
   const problems = [...Value.Errors(EnvSchema, env)].map(

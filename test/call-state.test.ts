@@ -51,7 +51,9 @@ describe('endAttempt', () => {
       spendsAttempt: false,
       error,
     })
-    expect(endAttempt(policy, 1, { kind: 'throttled', retryAfterMs: undefined, error }, () => 0)).toMatchObject({ delayMs: 15_000 })
+    expect(endAttempt(policy, 1, { kind: 'throttled', retryAfterMs: undefined, error }, () => 0)).toMatchObject({
+      delayMs: 15_000,
+    })
   })
 })
 

@@ -39,7 +39,13 @@ describe('loadConfig', () => {
   })
 
   it('builds DATABASE_URL from the legacy DB_* variables when it is unset', () => {
-    const c = loadConfig({ DB_HOST: 'db', DB_PORT: '5433', DB_USERNAME: 'app', DB_PASSWORD: 'p@ss', DB_DATABASE: 'calls' })
+    const c = loadConfig({
+      DB_HOST: 'db',
+      DB_PORT: '5433',
+      DB_USERNAME: 'app',
+      DB_PASSWORD: 'p@ss',
+      DB_DATABASE: 'calls',
+    })
     expect(c.databaseUrl).toBe('postgres://app:p%40ss@db:5433/calls')
     expect(loadConfig({ DATABASE_URL: 'postgres://x@y/z', DB_HOST: 'db' }).databaseUrl).toBe('postgres://x@y/z')
   })

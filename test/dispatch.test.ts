@@ -1,0 +1,370 @@
+import { sql } from 'kysely'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { freePort } from '../src/embedded-db.ts'
+import { sign } from '../src/signature.ts'
+import { createTestDb, type TestDb } from './db.ts'
+import { phone, waitFor } from './helpers.ts'
+import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
+
+let t: TestDb
+let stack: Stack | undefined
+
+beforeAll(async () => {
+  t = await createTestDb()
+})
+afterAll(async () => {
+  await t.drop()
+})
+beforeEach(async () => {
+  await resetTables(t)
+})
+afterEach(async () => {
+  await stack?.stop()
+  stack = undefined
+})
+
+const callRow = (id: string) => t.db.selectFrom('calls').selectAll().where('id', '=', id).executeTakeFirstOrThrow()
+const eventsOf = (id: string) =>
+  t.db.selectFrom('call_events').selectAll().where('call_id', '=', id).orderBy('id').execute()
+
+describe('the global cap and one call per phone', () => {
+  it('keeps at most MAX_CONCURRENT_CALLS in progress, reaches it, and completes every call', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '5' }, { callDurationMs: 40 })
+    await stack.createCalls(100, (i) => phone(i))
+    const calls = await stack.waitAllFinal()
+    const s = stack.sim.stats()
+    expect(calls.every((c) => c.status === 'COMPLETED' && c.attempts === 1)).toBe(true)
+    expect(s.maxActive).toBeLessThanOrEqual(5)
+    expect(s.maxActive).toBe(5)
+    expect(s.accepted).toBe(100)
+    expect(s.duplicates).toBe(0)
+  })
+
+  it('never dials two calls to the same phone at once, while other phones keep dialing', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '5' }, { callDurationMs: 60 })
+    const same = '+966501110000'
+    await stack.createCalls(10, () => same)
+    await stack.createCalls(20, (i) => phone(500 + i))
+    const calls = await stack.waitAllFinal()
+    const s = stack.sim.stats()
+    expect(calls.every((c) => c.status === 'COMPLETED')).toBe(true)
+    expect(s.phoneOverlaps).toBe(0)
+    expect(s.maxActive).toBeGreaterThan(1)
+    const sameDials = s.dials.filter((d) => d.to === same).sort((a, b) => a.receivedAt - b.receivedAt)
+    expect(sameDials).toHaveLength(10)
+    // each dial to the phone came after the previous call's final webhook was sent
+    for (let i = 1; i < sameDials.length; i++) {
+      expect(sameDials[i]!.receivedAt).toBeGreaterThanOrEqual(sameDials[i - 1]!.finalSentAt as number)
+    }
+  })
+})
+
+describe('retries', () => {
+  it('retries a failed attempt and then completes', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 20, outcomes: { FAILED: 1 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await waitFor('the first attempt to fail', async () => {
+      const c = await callRow(id as string)
+      return c.status === 'PENDING' && c.attempts === 1
+    })
+    stack.sim.configure({ outcomes: { COMPLETED: 1 } })
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c).toMatchObject({ status: 'COMPLETED', attempts: 2 })
+    const hooks = (await eventsOf(id as string)).filter((e) => e.kind === 'WEBHOOK').map((e) => [e.attempt, e.status])
+    expect(hooks).toEqual([
+      [1, 'FAILED'],
+      [2, 'COMPLETED'],
+    ])
+  })
+
+  it('gives up after MAX_RETRY_ATTEMPTS, waiting at least the backoff between attempts', async () => {
+    stack = await startStack(
+      t,
+      { MAX_RETRY_ATTEMPTS: '3', RETRY_BASE_DELAY_MS: '300', RETRY_MAX_DELAY_MS: '5000' },
+      { callDurationMs: 0, outcomes: { BUSY: 1 } },
+    )
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c.status).toBe('FAILED')
+    expect(c.attempts).toBe(3)
+    expect(c.last_error).toMatchObject({ code: 'BUSY' })
+    const dials = stack.sim.stats().dials
+    expect(dials.map((d) => d.idempotencyKey)).toEqual([`${id}:1`, `${id}:2`, `${id}:3`])
+    // nominal delays 300 and 600 ms with equal jitter: never less than half of each
+    expect(dials[1]!.receivedAt - (dials[0]!.finalSentAt as number)).toBeGreaterThanOrEqual(150)
+    expect(dials[2]!.receivedAt - (dials[1]!.finalSentAt as number)).toBeGreaterThanOrEqual(300)
+  })
+})
+
+describe('dial answers', () => {
+  it('retries a 500 as a failed attempt and completes once the provider recovers', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'error', status: 500 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await waitFor('a failed attempt', async () => (await callRow(id as string)).attempts === 1)
+    stack.sim.configure({ fault: { kind: 'none' } })
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c).toMatchObject({ status: 'COMPLETED', attempts: 2 })
+    expect((await eventsOf(id as string)).map((e) => e.kind)).toContain('DIAL_FAILED')
+  })
+
+  it('puts a call back after a 429 without spending an attempt', async () => {
+    stack = await startStack(t, { MAX_RETRY_ATTEMPTS: '1' }, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'throttle', retryAfterSec: 1 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await waitFor('a throttled dial', async () =>
+      (await eventsOf(id as string)).some((e) => e.kind === 'DIAL_THROTTLED'),
+    )
+    const c = await callRow(id as string)
+    expect(c).toMatchObject({ status: 'PENDING', attempts: 0 })
+    // Retry-After: 1 s is honoured
+    expect(new Date(c.next_attempt_at).getTime() - Date.now()).toBeGreaterThan(300)
+    stack.sim.configure({ fault: { kind: 'none' } })
+    await stack.waitAllFinal()
+    // with a single attempt allowed, only a 429 that spends nothing lets this call complete
+    expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', attempts: 1 })
+  })
+
+  it('fails an attempt that times out and frees its slot', async () => {
+    stack = await startStack(
+      t,
+      { MAX_CONCURRENT_CALLS: '1', PROVIDER_TIMEOUT_MS: '300', MAX_RETRY_ATTEMPTS: '1' },
+      { callDurationMs: 10 },
+    )
+    stack.sim.configure({ fault: { kind: 'slow', delayMs: 600 } })
+    const [slow] = await stack.createCalls(1, () => phone())
+    await waitFor('the slow dial to time out', async () => (await callRow(slow as string)).status === 'FAILED')
+    stack.sim.configure({ fault: { kind: 'none' } })
+    const [next] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    expect((await callRow(slow as string)).last_error).toMatchObject({ code: 'DIAL_ERROR' })
+    expect((await callRow(slow as string)).last_error?.message).toMatch(/did not answer within 300 ms/)
+    expect(await callRow(next as string)).toMatchObject({ status: 'COMPLETED' })
+  })
+
+  it('fails a call whose provider refuses connections after MAX_RETRY_ATTEMPTS', async () => {
+    const closed = await freePort()
+    stack = await startStack(t, {
+      AI_CALL_API_URL: `http://127.0.0.1:${closed}`,
+      RETRY_BASE_DELAY_MS: '50',
+      RETRY_MAX_DELAY_MS: '100',
+    })
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c).toMatchObject({ status: 'FAILED', attempts: 3 })
+    expect(c.last_error).toMatchObject({ code: 'DIAL_ERROR' })
+    expect(c.last_error?.message).toMatch(/ECONNREFUSED/)
+  })
+
+  it('fails a call for good on a 400, with the reason', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'reject', status: 400 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c).toMatchObject({ status: 'FAILED', attempts: 1 })
+    expect(c.last_error).toMatchObject({ code: 'DIAL_REJECTED' })
+    expect(stack.sim.stats().dials).toHaveLength(1)
+  })
+})
+
+describe('webhooks', () => {
+  it('applies a webhook that arrives before the 202 has been recorded', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '10' }, { callDurationMs: 0 })
+    const ids = await stack.createCalls(50, (i) => phone(2000 + i))
+    const calls = await stack.waitAllFinal()
+    expect(calls.every((c) => c.status === 'COMPLETED' && c.attempts === 1)).toBe(true)
+    await waitFor('every provider id to be recorded', async () => {
+      const rows = await t.db.selectFrom('calls').select('provider_call_id').execute()
+      return rows.every((r) => r.provider_call_id !== null)
+    })
+    const applied = await sql<{ n: number }>`
+      select count(*)::int as n from call_events where kind = 'WEBHOOK' and detail ->> 'outcome' = 'applied'`.execute(
+      t.db,
+    )
+    expect(applied.rows[0]?.n).toBe(ids.length)
+  })
+
+  it('records repeated, contradicting and progress webhooks without changing the call', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 10 })
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const before = await callRow(id as string)
+    const hook = (attempt: number, status: string) =>
+      stack!.api('POST', `/api/v1/callbacks/call-status?call=${id}&attempt=${attempt}`, {
+        callId: before.provider_call_id ?? 'x',
+        status,
+      })
+    const dup = await hook(1, 'COMPLETED')
+    const contradicting = await hook(1, 'FAILED')
+    const noAnswer = await hook(1, 'NO_ANSWER')
+    const progress = await hook(1, 'RINGING')
+    expect([dup, contradicting, noAnswer, progress].map((r) => r.statusCode)).toEqual([200, 200, 200, 200])
+    expect(dup.body.data.outcome).toBe('duplicate')
+    expect(contradicting.body.data.outcome).toBe('duplicate')
+    expect(progress.body.data.outcome).toBe('progress')
+    const after = await callRow(id as string)
+    expect(after).toEqual(before)
+    const outcomes = (await eventsOf(id as string)).filter((e) => e.kind === 'WEBHOOK').map((e) => e.detail.outcome)
+    expect(outcomes).toEqual(['applied', 'duplicate', 'duplicate', 'duplicate', 'progress'])
+  })
+
+  it('calls a report for an earlier attempt stale', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 10, outcomes: { NO_ANSWER: 1 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await waitFor('the first attempt to end', async () => {
+      const c = await callRow(id as string)
+      return c.status === 'PENDING' && c.attempts === 1
+    })
+    stack.sim.configure({ outcomes: { COMPLETED: 1 } })
+    await stack.waitAllFinal()
+    const res = await stack.api('POST', `/api/v1/callbacks/call-status?call=${id}&attempt=1`, {
+      callId: 'sim_old',
+      status: 'COMPLETED',
+    })
+    expect(res.body.data.outcome).toBe('stale')
+    expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', attempts: 2 })
+  })
+
+  it('finds the call by provider id when the webhook URL lost our parameters', async () => {
+    stack = await startStack(t, {}, { callDurationMs: 60_000 })
+    const [id] = await stack.createCalls(1, () => phone())
+    const c = await waitFor('the dial to be recorded', async () => {
+      const row = await callRow(id as string)
+      return row.provider_call_id ? row : undefined
+    })
+    const res = await stack.api('POST', '/api/v1/callbacks/call-status', {
+      callId: c.provider_call_id,
+      status: 'COMPLETED',
+      durationSec: 42,
+    })
+    expect(res.body.data.outcome).toBe('applied')
+    expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', duration_sec: 42 })
+  })
+
+  it('answers a webhook for an unknown call with 404', async () => {
+    stack = await startStack(t)
+    const res = await stack.api(
+      'POST',
+      '/api/v1/callbacks/call-status?call=7b0c2f7e-0000-4000-8000-000000000000&attempt=1',
+      {
+        callId: 'sim_x',
+        status: 'COMPLETED',
+      },
+    )
+    expect(res.statusCode).toBe(404)
+    expect(
+      (await stack.api('POST', '/api/v1/callbacks/call-status', { callId: 'sim_nobody', status: 'FAILED' })).statusCode,
+    ).toBe(404)
+  })
+
+  it('refuses bad input with 400 and unsigned, wrongly signed or old webhooks with 401 when a secret is set', async () => {
+    const secret = 'whsec_123'
+    stack = await startStack(t, { WEBHOOK_SECRET: secret }, { callDurationMs: 20, webhookSecret: secret })
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal() // the simulator signs, so its webhook was accepted
+    expect((await callRow(id as string)).status).toBe('COMPLETED')
+
+    const url = `/api/v1/callbacks/call-status?call=${id}&attempt=1`
+    const body = JSON.stringify({ callId: 'sim_1', status: 'COMPLETED' })
+    const post = (headers: Record<string, string>, payload = body) =>
+      stack!.svc.app.inject({
+        method: 'POST',
+        url,
+        payload,
+        headers: { 'content-type': 'application/json', ...headers },
+      })
+    const now = Math.floor(Date.now() / 1000)
+    const cases = [
+      await post({}),
+      await post({ 'x-signature': sign('wrong', body) }),
+      await post({ 'x-signature': sign(secret, body, now - 301) }),
+      await post({ 'x-signature': sign(secret, body) }, body.replace('sim_1', 'sim_2')),
+    ]
+    expect(cases.map((r) => r.statusCode)).toEqual([401, 401, 401, 401])
+    expect(cases.map((r) => r.json().error.code)).toEqual(Array(4).fill('INVALID_SIGNATURE'))
+    const ok = await post({ 'x-signature': sign(secret, body) })
+    expect(ok.statusCode).toBe(200)
+    const bad = JSON.stringify({ callId: 'sim_1', status: 'EXPLODED' })
+    expect((await post({ 'x-signature': sign(secret, bad) }, bad)).statusCode).toBe(400)
+  })
+})
+
+describe('expiry and timeouts', () => {
+  it('expires a PENDING call past expires_at without ever dialing it', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '1' }, { callDurationMs: 1500 })
+    const [blocker] = await stack.createCalls(1, () => phone())
+    await waitFor('the slot to be taken', async () => (await callRow(blocker as string)).status === 'IN_PROGRESS')
+    const expiresAt = new Date(Date.now() + 500).toISOString()
+    const [late] = await stack.createCalls(1, () => phone(), { expiresAt })
+    await stack.waitAllFinal()
+    expect(await callRow(late as string)).toMatchObject({ status: 'EXPIRED', attempts: 0 })
+    expect(stack.sim.stats().dials.some((d) => d.idempotencyKey.startsWith(late as string))).toBe(false)
+    expect((await eventsOf(late as string)).map((e) => e.kind)).toEqual(['CREATED', 'EXPIRED'])
+  })
+
+  it('frees the slot of a call whose webhook never comes, then takes a late webhook', async () => {
+    stack = await startStack(
+      t,
+      { MAX_CONCURRENT_CALLS: '1', CALL_TIMEOUT_MS: '1000' },
+      { callDurationMs: 20, outcomes: { NO_WEBHOOK: 1 } },
+    )
+    const [silent] = await stack.createCalls(1, () => phone())
+    await waitFor('the dial', async () => (await callRow(silent as string)).provider_call_id !== null)
+    stack.sim.configure({ outcomes: { COMPLETED: 1 } })
+    const [next] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const timedOut = await callRow(silent as string)
+    expect(timedOut).toMatchObject({ status: 'FAILED', attempts: 1 })
+    expect(timedOut.last_error).toMatchObject({ code: 'CALL_TIMEOUT' })
+    expect(await callRow(next as string)).toMatchObject({ status: 'COMPLETED' })
+    expect(stack.sim.stats().dials.filter((d) => d.idempotencyKey.startsWith(silent as string))).toHaveLength(1)
+
+    const res = await stack.api('POST', `/api/v1/callbacks/call-status?call=${silent}&attempt=1`, {
+      callId: timedOut.provider_call_id,
+      status: 'COMPLETED',
+      durationSec: 61,
+    })
+    expect(res.body.data.outcome).toBe('late')
+    expect(await callRow(silent as string)).toMatchObject({ status: 'COMPLETED', duration_sec: 61, last_error: null })
+  })
+})
+
+describe('clients racing the dispatcher', () => {
+  it('cancels or dials each call, never both', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '5' }, { callDurationMs: 30 })
+    const ids = await stack.createCalls(60, (i) => phone(3000 + i))
+    const answers = await Promise.all(ids.map((id) => stack!.api('POST', `/api/v1/calls/${id}/cancel`)))
+    const calls = await stack.waitAllFinal()
+    const dials = dialsPerCall(stack.sim)
+    const byId = new Map(calls.map((c) => [c.id, c]))
+    ids.forEach((id, i) => {
+      const call = byId.get(id)
+      if (answers[i]!.statusCode === 200) {
+        expect(call?.status).toBe('CANCELED')
+        expect(dials.has(id)).toBe(false)
+      } else {
+        expect(answers[i]!.statusCode).toBe(409)
+        expect(call?.status).toBe('COMPLETED')
+        expect(dials.get(id)).toHaveLength(1)
+      }
+    })
+    expect(answers.some((a) => a.statusCode === 200)).toBe(true)
+  })
+
+  it('applies a PATCH that won the race and changes nothing when it lost', async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '5' }, { callDurationMs: 30 })
+    const ids = await stack.createCalls(40, (i) => phone(4000 + i), { scriptId: 'old' })
+    const answers = await Promise.all(ids.map((id) => stack!.api('PATCH', `/api/v1/calls/${id}`, { scriptId: 'new' })))
+    await stack.waitAllFinal()
+    const rows = new Map((await t.db.selectFrom('calls').selectAll().execute()).map((c) => [c.id, c]))
+    ids.forEach((id, i) => {
+      const expected = answers[i]!.statusCode === 200 ? 'new' : 'old'
+      expect(rows.get(id)?.script_id).toBe(expected)
+    })
+  })
+})

@@ -1,0 +1,149 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { sql } from 'kysely'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type Simulator, startSimulator } from '../src/simulator.ts'
+import { createTestDb, type TestDb } from './db.ts'
+import { phone, waitFor } from './helpers.ts'
+import { dialsPerCall, FAST } from './stack.ts'
+
+// Real service processes (`node src/main.ts`) sharing one database: the cap must hold across them, and a process
+// killed with SIGKILL must lose no call and cause no second dial of an attempt.
+
+let t: TestDb
+let sim: Simulator
+const procs: ChildProcess[] = []
+
+beforeAll(async () => {
+  t = await createTestDb()
+})
+afterAll(async () => {
+  for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL')
+  await sim?.close()
+  await t.drop()
+})
+
+interface Proc {
+  child: ChildProcess
+  url: string
+  logs: string[]
+}
+
+async function startProcess(env: Record<string, string>): Promise<Proc> {
+  const child = spawn(process.execPath, ['src/main.ts'], {
+    env: {
+      PATH: process.env.PATH,
+      DATABASE_URL: t.url,
+      AI_CALL_API_URL: sim.url,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      ...FAST,
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  procs.push(child)
+  const logs: string[] = []
+  let port: number | undefined
+  const ready = new Promise<void>((resolve, reject) => {
+    child.on('exit', (code) => reject(new Error(`process exited (${code}) before it was ready:\n${logs.join('')}`)))
+    child.stdout?.on('data', (chunk: Buffer) => {
+      logs.push(chunk.toString())
+      const m = /"port":(\d+).*call orchestrator ready/.exec(chunk.toString())
+      if (m) {
+        port = Number(m[1])
+        resolve()
+      }
+    })
+    child.stderr?.on('data', (chunk: Buffer) => logs.push(chunk.toString()))
+  })
+  await ready
+  return { child, url: `http://127.0.0.1:${port}`, logs }
+}
+
+async function createCalls(url: string, n: number, offset: number): Promise<string[]> {
+  const calls = Array.from({ length: n }, (_, i) => ({ to: phone(offset + i), scriptId: 'multi' }))
+  const res = await fetch(`${url}/api/v1/calls/batch`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ calls }),
+  })
+  expect(res.status).toBe(201)
+  return ((await res.json()) as { data: { ids: string[] } }).data.ids
+}
+
+async function finalStatuses() {
+  await waitFor(
+    'every call to reach a final status',
+    async () => {
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(t.db)
+      return rows[0]?.n === 0
+    },
+    30_000,
+    100,
+  )
+  return t.db.selectFrom('calls').selectAll().execute()
+}
+
+describe('several service processes on one database', () => {
+  it('keep the global cap across three processes and complete every call', async () => {
+    sim = await startSimulator({ callDurationMs: 80 })
+    const all = await Promise.all([1, 2, 3].map(() => startProcess({ MAX_CONCURRENT_CALLS: '5' })))
+    const ids = (await Promise.all(all.map((p, i) => createCalls(p.url, 40, 10_000 + i * 100)))).flat()
+    const calls = await finalStatuses()
+    expect(calls).toHaveLength(ids.length)
+    expect(calls.every((c) => c.status === 'COMPLETED' && c.attempts === 1)).toBe(true)
+    const s = sim.stats()
+    expect(s.maxActive).toBeLessThanOrEqual(5)
+    expect(s.maxActive).toBe(5)
+    expect(s.duplicates).toBe(0)
+    // every process took part in dialing
+    const claimedBy = await sql<{
+      n: number
+    }>`select count(*)::int as n from call_events where kind = 'CLAIMED'`.execute(t.db)
+    expect(claimedBy.rows[0]?.n).toBe(ids.length)
+    await Promise.all(
+      all.map(async (p) => {
+        p.child.kill('SIGTERM')
+        await once(p.child, 'exit')
+      }),
+    )
+    await sim.close()
+  }, 60_000)
+
+  it('lose no call and dial no attempt twice when a process is killed mid-run', async () => {
+    await sql`truncate calls cascade`.execute(t.db)
+    sim = await startSimulator({ callDurationMs: 300 })
+    const env = { MAX_CONCURRENT_CALLS: '5', CALL_TIMEOUT_MS: '3000' }
+    const first = await startProcess(env)
+    const ids = await createCalls(first.url, 40, 20_000)
+    await waitFor('calls in flight', () => sim.stats().accepted >= 8)
+    first.child.kill('SIGKILL')
+    await once(first.child, 'exit')
+
+    const second = await startProcess(env)
+    const calls = await finalStatuses()
+    expect(calls).toHaveLength(ids.length)
+    expect(calls.every((c) => ['COMPLETED', 'FAILED'].includes(c.status))).toBe(true)
+    // calls cut off by the kill time out; they are never dialed again
+    for (const c of calls.filter((c) => c.status === 'FAILED')) expect(c.last_error?.code).toBe('CALL_TIMEOUT')
+
+    const s = sim.stats()
+    expect(s.duplicates).toBe(0)
+    expect(s.maxActive).toBeLessThanOrEqual(5)
+    const dials = dialsPerCall(sim)
+    for (const c of calls) {
+      const keys = dials.get(c.id) ?? []
+      expect(new Set(keys).size).toBe(keys.length) // no attempt dialed twice
+      // attempts = dials the provider received; the one exception is a call claimed by the killed process whose
+      // dial never left it: its attempt is counted, never dialed, and settled by the timeout
+      const undialedClaim = c.last_error?.code === 'CALL_TIMEOUT' && keys.length === c.attempts - 1
+      if (!undialedClaim) expect(keys.length).toBe(c.attempts)
+    }
+    second.child.kill('SIGTERM')
+    await once(second.child, 'exit')
+    await sim.close()
+  }, 60_000)
+})
