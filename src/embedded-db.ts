@@ -58,7 +58,7 @@ export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb>
   }
 }
 
-const EXIT_EVENTS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'beforeExit', 'message'] as const
+const EXIT_EVENTS = ['SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const
 
 /**
  * Loaded only when used: container images install without the PostgreSQL binaries and always set DATABASE_URL.
