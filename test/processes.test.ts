@@ -146,4 +146,24 @@ describe('several service processes on one database', () => {
     await once(second.child, 'exit')
     await sim.close()
   }, 60_000)
+
+  it('hand calls from an API-only process to a worker process through pg-boss', async () => {
+    await sql`truncate calls cascade`.execute(t.db)
+    sim = await startSimulator({ callDurationMs: 20 })
+    const api = await startProcess({ ROLE: 'api' })
+    const worker = await startProcess({ ROLE: 'worker' })
+    // the worker serves no client API; the API process dials nothing itself
+    expect((await fetch(`${worker.url}/api/v1/calls`)).status).toBe(404)
+    const ids = await createCalls(api.url, 10, 30_000)
+    const calls = await finalStatuses()
+    expect(calls.filter((c) => ids.includes(c.id)).every((c) => c.status === 'COMPLETED')).toBe(true)
+    // a wake-up job per create reached the worker; without it the worker's 1 s poll would still find the calls
+    const jobs = await sql<{ n: number }>`select count(*)::int as n from pgboss.job where name = 'call-ready'`.execute(t.db)
+    expect(jobs.rows[0]?.n).toBeGreaterThanOrEqual(1)
+    for (const p of [api, worker]) {
+      p.child.kill('SIGTERM')
+      await once(p.child, 'exit')
+    }
+    await sim.close()
+  }, 60_000)
 })
