@@ -6,7 +6,7 @@ import type { DialResult, Provider } from './provider.ts'
 import type { Wakeup } from './queue.ts'
 import { settleAttempt } from './settle.ts'
 import { recordDialAccepted } from './sql/attempts.ts'
-import { claimDueCalls } from './sql/claim.ts'
+import { claimDueCalls, msUntilNextDue } from './sql/claim.ts'
 import { expireOverdueCalls, timeOutSilentCalls } from './sql/sweep.ts'
 
 // The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),
@@ -106,6 +106,15 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     }
   }
 
+  async function idleWait(): Promise<number> {
+    try {
+      const due = await msUntilNextDue(o.db)
+      return due === undefined ? pollMs : Math.min(pollMs, due + 5)
+    } catch {
+      return pollMs
+    }
+  }
+
   async function loop() {
     let failures = 0
     while (running) {
@@ -120,8 +129,9 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       }
       if (!running) break
       if (claimed > 0 || wanted) continue
-      // Back off while the database is down, so a restart is not met by a tight error loop.
-      const waitMs = failures > 0 ? Math.min(pollMs * 2 ** Math.min(failures - 1, 4), 10_000) : pollMs
+      // Back off while the database is down, so a restart is not met by a tight error loop. Otherwise sleep until
+      // the next retry is due, the poll interval, or a notify(), whichever comes first.
+      const waitMs = failures > 0 ? Math.min(pollMs * 2 ** Math.min(failures - 1, 4), 10_000) : await idleWait()
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, waitMs)
         wake = () => {

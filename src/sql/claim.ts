@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely'
+import { type Kysely, sql, type Transaction } from 'kysely'
 import type { Call, DB } from '../db.ts'
 
 // Invariant: at most `cap` calls are IN_PROGRESS, across every process that shares the database.
@@ -18,8 +18,20 @@ export const DISPATCH_LOCK = { classId: 0x43414c4c /* "CALL" */, objectId: 1 } a
 export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): Promise<Call[]> {
   if (max <= 0) return []
   return db.transaction().execute(async (trx) => {
-    await sql`select pg_advisory_xact_lock(${DISPATCH_LOCK.classId}::int, ${DISPATCH_LOCK.objectId}::int)`.execute(trx)
-    const { rows } = await sql<Call>`
+    await lockDispatch(trx)
+    const { rows } = await claimStatement(cap, max).execute(trx)
+    return rows
+  })
+}
+
+/** Takes the dispatch lock until the end of the transaction `trx`; the claim statement must come after it. */
+export async function lockDispatch(trx: Transaction<DB>): Promise<void> {
+  await sql`select pg_advisory_xact_lock(${DISPATCH_LOCK.classId}::int, ${DISPATCH_LOCK.objectId}::int)`.execute(trx)
+}
+
+/** The claim itself, exported so scripts/bench can EXPLAIN it; run it only after lockDispatch in one transaction. */
+export function claimStatement(cap: number, max: number) {
+  return sql<Call>`
       with free as (
         select least(greatest(${cap}::int - count(*)::int, 0), ${max}::int) as slots
           from calls where status = 'IN_PROGRESS'
@@ -49,7 +61,18 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
         select id, attempts, 'CLAIMED', 'IN_PROGRESS' from claimed
       )
       select * from claimed order by next_attempt_at, id
-    `.execute(trx)
-    return rows
-  })
+    `
+}
+
+/**
+ * Milliseconds until the next PENDING call becomes due (a retry's backoff), or undefined when none is waiting for
+ * its time. Lets an idle dispatcher wake when a retry is due instead of at its next poll. Reads calls_dispatch_queue.
+ */
+export async function msUntilNextDue(db: Kysely<DB>): Promise<number | undefined> {
+  const { rows } = await sql<{ ms: number | null }>`
+    select extract(epoch from min(next_attempt_at) - now())::float8 * 1000 as ms
+      from calls where status = 'PENDING' and next_attempt_at > now()
+  `.execute(db)
+  const ms = rows[0]?.ms
+  return ms === null || ms === undefined ? undefined : Math.max(0, ms)
 }
