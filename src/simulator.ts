@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto'
+import { setMaxListeners } from 'node:events'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
 import { sign } from './signature.ts'
 
@@ -11,19 +13,19 @@ import { sign } from './signature.ts'
 export type SimOutcome = 'COMPLETED' | 'FAILED' | 'BUSY' | 'NO_ANSWER' | 'NO_WEBHOOK'
 export type DialFault =
   | { kind: 'none' }
-  | { kind: 'error'; status: number }
-  | { kind: 'throttle'; retryAfterSec?: number }
-  | { kind: 'reject'; status?: number }
-  | { kind: 'slow'; delayMs: number }
-  | { kind: 'hang' }
+  | { kind: 'error'; status: number } // e.g. 500, 503: answer that status, start nothing
+  | { kind: 'throttle'; retryAfterSec?: number } // 429 with Retry-After header when given
+  | { kind: 'reject'; status?: number } // 4xx (default 400) permanent rejection
+  | { kind: 'slow'; delayMs: number } // wait delayMs before answering 202 (the call then proceeds normally)
+  | { kind: 'hang' } // never answer (socket left open until close())
 
 export interface SimulatorOptions {
-  port?: number
-  host?: string
+  port?: number // 0 = ephemeral (default 0)
+  host?: string // default '127.0.0.1'
   apiKey?: string
   webhookSecret?: string
-  callDurationMs?: number
-  outcomes?: Partial<Record<SimOutcome, number>>
+  callDurationMs?: number // default 3000; 0 = immediate webhook after the 202
+  outcomes?: Partial<Record<SimOutcome, number>> // weights, default { COMPLETED: 1 }
   progressEvents?: boolean
   webhookRetry?: { attempts: number; baseDelayMs: number }
   logger?: { info: (obj: object, msg?: string) => void; warn: (obj: object, msg?: string) => void }
@@ -33,284 +35,377 @@ export interface DialRecord {
   idempotencyKey: string
   to: string
   providerCallId: string | null
-  status: number
-  receivedAt: number
+  status: number // HTTP status answered (0 while a slow or hung dial is unanswered)
+  receivedAt: number // performance.timeOrigin + performance.now(): ms with sub-ms precision
   outcome?: SimOutcome
-  finalSentAt?: number
-  finalAckedAt?: number
+  finalSentAt?: number // the final webhook was sent
+  finalAckedAt?: number // the final webhook first got a 2xx status
 }
 
 export interface SimulatorStats {
-  dials: DialRecord[]
+  dials: DialRecord[] // every dial request in arrival order (including rejected ones)
   accepted: number
   duplicates: number
   rejected: number
-  active: number
+  active: number // accepted calls whose final webhook has not been SENT yet
   maxActive: number
-  phoneOverlaps: number
-  webhooksSent: number
-  webhookFailures: number
+  phoneOverlaps: number // dials accepted for a phone that already had an active call
+  webhooksSent: number // deliveries started (progress and final), each counted once however often retried
+  webhookFailures: number // deliveries that gave up
 }
 
 export interface Simulator {
   url: string
+  /** The live counters: cheap to poll, replaced (not mutated) by resetStats(). */
   stats(): SimulatorStats
   resetStats(): void
   configure(
     patch: Partial<Pick<SimulatorOptions, 'callDurationMs' | 'outcomes' | 'progressEvents'>> & { fault?: DialFault },
   ): void
+  /** Resolves when no call is active and no webhook delivery is pending (or rejects after timeoutMs). */
   idle(timeoutMs?: number): Promise<void>
   close(): Promise<void>
 }
 
-const now = () => performance.timeOrigin + performance.now()
-const OUTCOMES: SimOutcome[] = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'NO_WEBHOOK']
-const ERRORS: Record<string, string> = {
-  FAILED: 'agent could not complete the call',
+type Dial = { to: string; scriptId: string; webhookUrl: string }
+
+const OUTCOMES: readonly SimOutcome[] = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'NO_WEBHOOK']
+const ERRORS: Partial<Record<SimOutcome, string>> = {
+  FAILED: 'agent error',
   BUSY: 'line busy',
   NO_ANSWER: 'no answer',
 }
+const MAX_BODY_BYTES = 64 * 1024
+const now = () => performance.timeOrigin + performance.now()
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const settings = {
     callDurationMs: options.callDurationMs ?? 3000,
-    outcomes: options.outcomes ?? { COMPLETED: 1 },
+    drawOutcome: outcomePicker(options.outcomes ?? { COMPLETED: 1 }),
     progressEvents: options.progressEvents ?? false,
     fault: { kind: 'none' } as DialFault,
   }
   const retry = options.webhookRetry ?? { attempts: 6, baseDelayMs: 100 }
-  const agent = new Agent({ connections: 128, keepAliveTimeout: 10_000, headersTimeout: 10_000, bodyTimeout: 10_000 })
+  const log = options.logger
+  const agent = new Agent({
+    connections: 128,
+    keepAliveTimeout: 10_000,
+    connectTimeout: 5000,
+    headersTimeout: 10_000,
+    bodyTimeout: 10_000,
+  })
+  // One signal ends every sleep and in-flight webhook, so close() never waits on a call or a retry backoff.
+  const closing = new AbortController()
+  setMaxListeners(0, closing.signal)
 
   let stats = emptyStats()
-  const byKey = new Map<string, DialRecord>()
+  const callIdByKey = new Map<string, string>() // idempotency is provider state: it survives resetStats()
   const activePhones = new Map<string, number>()
-  const timers = new Set<NodeJS.Timeout>()
   const hanging = new Set<http.ServerResponse>()
-  let pending = 0 // calls in progress + webhook deliveries not yet finished
-  let closed = false
+  const idleWaiters = new Set<() => void>()
+  let pending = 0 // calls from acceptance (or a slow dial's arrival) until their final delivery is over
 
-  function emptyStats(): SimulatorStats {
-    return {
-      dials: [],
-      accepted: 0,
-      duplicates: 0,
-      rejected: 0,
-      active: 0,
-      maxActive: 0,
-      phoneOverlaps: 0,
-      webhooksSent: 0,
-      webhookFailures: 0,
-    }
+  function settle() {
+    pending--
+    if (pending > 0) return
+    for (const wake of idleWaiters) wake()
+    idleWaiters.clear()
   }
 
-  function later(ms: number, fn: () => void) {
-    const t = setTimeout(() => {
-      timers.delete(t)
-      fn()
-    }, ms)
-    timers.add(t)
+  function startActive(to: string) {
+    stats.active++
+    if (stats.active > stats.maxActive) stats.maxActive = stats.active
+    const onPhone = activePhones.get(to) ?? 0
+    if (onPhone > 0) stats.phoneOverlaps++
+    activePhones.set(to, onPhone + 1)
   }
 
-  function drawOutcome(): SimOutcome {
-    const weights = OUTCOMES.map((o) => Math.max(0, settings.outcomes[o] ?? 0))
-    const total = weights.reduce((a, b) => a + b, 0)
-    let r = Math.random() * total
-    for (let i = 0; i < OUTCOMES.length; i++) {
-      r -= weights[i] as number
-      if (r < 0) return OUTCOMES[i] as SimOutcome
-    }
-    return 'COMPLETED'
-  }
-
-  function endActive(rec: DialRecord) {
+  function endActive(to: string) {
     stats.active--
-    const n = (activePhones.get(rec.to) ?? 1) - 1
-    if (n <= 0) activePhones.delete(rec.to)
-    else activePhones.set(rec.to, n)
+    const onPhone = (activePhones.get(to) ?? 1) - 1
+    if (onPhone > 0) activePhones.set(to, onPhone)
+    else activePhones.delete(to)
   }
 
+  /** POSTs one webhook until a 2xx, retrying with exponential backoff; resolves either way. */
   async function deliver(webhookUrl: string, payload: object, rec?: DialRecord): Promise<void> {
     const body = JSON.stringify(payload)
-    const headers: Record<string, string> = { 'content-type': 'application/json' }
-    if (options.webhookSecret) headers['x-signature'] = sign(options.webhookSecret, body)
-    for (let attempt = 1; attempt <= retry.attempts && !closed; attempt++) {
+    stats.webhooksSent++
+    for (let attempt = 1; attempt <= retry.attempts; attempt++) {
+      if (closing.signal.aborted) return
+      const headers: Record<string, string> = { 'content-type': 'application/json' }
+      // Signed per attempt, over the exact bytes sent, so a late retry is not rejected as stale.
+      if (options.webhookSecret) headers['x-signature'] = sign(options.webhookSecret, body)
       try {
-        const res = await request(webhookUrl, { method: 'POST', headers, body, dispatcher: agent })
-        const acked = now()
+        const res = await request(webhookUrl, {
+          method: 'POST',
+          headers,
+          body,
+          dispatcher: agent,
+          signal: closing.signal,
+        })
+        const answeredAt = now()
         await res.body.dump()
         if (res.statusCode >= 200 && res.statusCode < 300) {
-          if (rec && rec.finalAckedAt === undefined) rec.finalAckedAt = acked
+          if (rec && rec.finalAckedAt === undefined) rec.finalAckedAt = answeredAt
           return
         }
       } catch {
-        // connection refused or reset: retried like a non-2xx
+        // refused, reset or timed out: retried like a non-2xx
       }
-      if (attempt < retry.attempts)
-        await new Promise((r) => later(retry.baseDelayMs * 2 ** (attempt - 1), () => r(undefined)))
+      if (attempt < retry.attempts) {
+        const aborted = await sleep(retry.baseDelayMs * 2 ** (attempt - 1), false, { signal: closing.signal }).catch(
+          () => true,
+        )
+        if (aborted) return
+      }
     }
+    if (closing.signal.aborted) return
     stats.webhookFailures++
-    options.logger?.warn({ webhookUrl }, 'webhook delivery gave up')
+    log?.warn({ webhookUrl, attempts: retry.attempts }, 'webhook delivery gave up')
   }
 
-  async function runCall(rec: DialRecord, webhookUrl: string) {
-    const outcome = drawOutcome()
-    rec.outcome = outcome
-    const startedAt = Date.now()
-    if (settings.progressEvents) {
-      await deliver(webhookUrl, { callId: rec.providerCallId, status: 'RINGING' })
-      await deliver(webhookUrl, { callId: rec.providerCallId, status: 'IN_PROGRESS' })
-    }
-    const finish = async () => {
-      endActive(rec)
-      if (outcome === 'NO_WEBHOOK') {
-        pending--
-        return
-      }
+  async function runCall(rec: DialRecord, to: string, webhookUrl: string, durationMs: number, progress: boolean) {
+    const outcome = rec.outcome as SimOutcome
+    const startedAt = now()
+    try {
+      const events = progress
+        ? (async () => {
+            await deliver(webhookUrl, { callId: rec.providerCallId, status: 'RINGING' })
+            await deliver(webhookUrl, { callId: rec.providerCallId, status: 'IN_PROGRESS' })
+          })()
+        : undefined
+      if (durationMs === 0) await new Promise((resolve) => setImmediate(resolve))
+      else await sleep(durationMs, undefined, { signal: closing.signal })
+      await events
+      endActive(to)
+      if (outcome === 'NO_WEBHOOK' || closing.signal.aborted) return
+      const error = ERRORS[outcome]
       rec.finalSentAt = now()
-      stats.webhooksSent++
-      const durationSec = Math.round((Date.now() - startedAt) / 1000)
-      await deliver(
-        webhookUrl,
-        {
-          callId: rec.providerCallId,
-          status: outcome,
-          durationSec,
-          completedAt: new Date().toISOString(),
-          ...(ERRORS[outcome] ? { error: ERRORS[outcome] } : {}),
-        },
-        rec,
-      )
-      pending--
+      const final = {
+        callId: rec.providerCallId,
+        status: outcome,
+        durationSec: Math.round((rec.finalSentAt - startedAt) / 1000),
+        completedAt: new Date().toISOString(),
+        ...(error ? { error } : {}),
+      }
+      await deliver(webhookUrl, final, rec)
+    } catch {
+      // only close() interrupts a call
+    } finally {
+      settle()
     }
-    if (settings.callDurationMs === 0) setImmediate(() => void finish())
-    else later(settings.callDurationMs, () => void finish())
   }
 
-  function send(
-    res: http.ServerResponse,
-    status: number,
-    body: object,
-    headers: Record<string, string> = {},
-    after?: () => void,
-  ) {
-    const text = JSON.stringify(body)
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers })
-    res.end(text, after)
+  function answer(res: http.ServerResponse, rec: DialRecord, status: number, body: object, headers = {}) {
+    rec.status = status
+    if (status >= 400) stats.rejected++
+    send(res, status, body, headers)
   }
 
   async function handleDial(req: http.IncomingMessage, res: http.ServerResponse, raw: string) {
+    const key = req.headers['idempotency-key']
     const rec: DialRecord = {
-      idempotencyKey: String(req.headers['idempotency-key'] ?? ''),
+      idempotencyKey: typeof key === 'string' ? key : '',
       to: '',
       providerCallId: null,
       status: 0,
       receivedAt: now(),
     }
     stats.dials.push(rec)
-    const answer = (status: number, body: object, headers?: Record<string, string>, after?: () => void) => {
-      rec.status = status
-      if (status >= 400) stats.rejected++
-      send(res, status, body, headers, after)
+    if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) {
+      return answer(res, rec, 401, { error: 'missing or wrong API key' })
     }
-    if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`)
-      return answer(401, { error: 'unauthorized' })
-    let body: { to?: unknown; scriptId?: unknown; metadata?: unknown; webhookUrl?: unknown }
-    try {
-      body = JSON.parse(raw)
-    } catch {
-      return answer(400, { error: 'body is not JSON' })
-    }
-    if (
-      typeof body.to !== 'string' ||
-      typeof body.scriptId !== 'string' ||
-      typeof body.webhookUrl !== 'string' ||
-      !rec.idempotencyKey
-    ) {
-      return answer(400, { error: 'to, scriptId, webhookUrl and an Idempotency-Key header are required' })
-    }
-    rec.to = body.to
+    const dial = parseDial(raw)
+    if (typeof dial === 'string') return answer(res, rec, 400, { error: dial })
+    rec.to = dial.to
+    if (!rec.idempotencyKey) return answer(res, rec, 400, { error: 'the Idempotency-Key header is required' })
+
     const fault = settings.fault
-    if (fault.kind === 'error') return answer(fault.status, { error: 'simulated provider error' })
+    if (fault.kind === 'error') return answer(res, rec, fault.status, { error: 'simulated provider error' })
     if (fault.kind === 'throttle') {
-      return answer(
-        429,
-        { error: 'at capacity' },
-        fault.retryAfterSec !== undefined ? { 'retry-after': String(fault.retryAfterSec) } : {},
-      )
+      const retryAfter = fault.retryAfterSec === undefined ? {} : { 'retry-after': String(fault.retryAfterSec) }
+      return answer(res, rec, 429, { error: 'too many concurrent calls' }, retryAfter)
     }
-    if (fault.kind === 'reject') return answer(fault.status ?? 400, { error: 'simulated rejection' })
+    if (fault.kind === 'reject') return answer(res, rec, fault.status ?? 400, { error: 'simulated rejection' })
     if (fault.kind === 'hang') {
       hanging.add(res)
+      res.once('close', () => hanging.delete(res))
       return
     }
-    const known = byKey.get(rec.idempotencyKey)
+
+    const known = callIdByKey.get(rec.idempotencyKey)
     if (known) {
       stats.duplicates++
-      rec.providerCallId = known.providerCallId
-      return answer(202, { callId: known.providerCallId })
+      rec.providerCallId = known
+      return answer(res, rec, 202, { callId: known })
     }
-    if (fault.kind === 'slow') await new Promise((r) => later(fault.delayMs, () => r(undefined)))
-    if (closed) return
-    rec.providerCallId = `sim_${randomBytes(8).toString('hex')}`
-    byKey.set(rec.idempotencyKey, rec)
-    stats.accepted++
-    stats.active++
-    stats.maxActive = Math.max(stats.maxActive, stats.active)
-    if (activePhones.has(rec.to)) stats.phoneOverlaps++
-    activePhones.set(rec.to, (activePhones.get(rec.to) ?? 0) + 1)
+    const callId = `sim_${randomBytes(8).toString('hex')}`
+    // Reserved on arrival: a client that gives up on a slow answer and retries the key must not start a second call.
+    callIdByKey.set(rec.idempotencyKey, callId)
     pending++
-    const webhookUrl = body.webhookUrl
-    // The call starts once the 202 is on the wire, so a zero-length call's webhook follows the answer.
-    answer(202, { callId: rec.providerCallId }, {}, () => void runCall(rec, webhookUrl))
+    if (fault.kind === 'slow') {
+      const aborted = await sleep(fault.delayMs, false, { signal: closing.signal }).catch(() => true)
+      if (aborted) return settle()
+    }
+    rec.providerCallId = callId
+    rec.outcome = settings.drawOutcome()
+    stats.accepted++
+    startActive(dial.to)
+    const { callDurationMs, progressEvents } = settings
+    // The call starts once the 202 is written (or the client is gone), so a zero-length call's webhook follows it.
+    let started = false
+    const start = () => {
+      if (started) return
+      started = true
+      void runCall(rec, dial.to, dial.webhookUrl, callDurationMs, progressEvents)
+    }
+    rec.status = 202
+    if (res.destroyed) return start()
+    res.once('close', start)
+    send(res, 202, { callId }, {}, start)
   }
 
   const server = http.createServer((req, res) => {
+    req.on('error', () => {}) // a client that hangs up mid-body is not our failure
+    const path = req.url?.split('?', 1)[0]
+    if (req.method === 'GET' && path === '/health') return send(res, 200, { status: 'ok' })
+    if (req.method !== 'POST' || path !== '/api/v1/calls') return send(res, 404, { error: 'not found' })
     const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
+    let size = 0
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length
+      if (size <= MAX_BODY_BYTES) chunks.push(chunk)
+    })
     req.on('end', () => {
-      const path = (req.url ?? '').split('?')[0]
-      if (req.method === 'POST' && path === '/api/v1/calls') {
-        void handleDial(req, res, Buffer.concat(chunks).toString('utf8'))
-      } else if (req.method === 'GET' && path === '/health') {
-        send(res, 200, { status: 'ok' })
-      } else {
-        send(res, 404, { error: 'not found' })
-      }
+      if (size > MAX_BODY_BYTES) return send(res, 413, { error: 'body too large' })
+      handleDial(req, res, Buffer.concat(chunks).toString('utf8')).catch((err: unknown) => {
+        log?.warn({ err }, 'simulator dial handler failed')
+        if (!res.headersSent) send(res, 500, { error: 'simulator failure' })
+      })
     })
   })
   server.keepAliveTimeout = 30_000
-  await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  const url = `http://${options.host && options.host !== '0.0.0.0' ? options.host : '127.0.0.1'}:${port}`
-  options.logger?.info({ url }, 'provider simulator listening')
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  const url = urlOf(server.address() as AddressInfo)
+  log?.info({ url }, 'provider simulator listening')
 
+  let closed: Promise<void> | undefined
   return {
     url,
     stats: () => stats,
     resetStats() {
+      // calls still in progress stay counted, so maxActive after a reset starts from them
       stats = { ...emptyStats(), active: stats.active, maxActive: stats.active }
     },
     configure(patch) {
       if (patch.callDurationMs !== undefined) settings.callDurationMs = patch.callDurationMs
-      if (patch.outcomes) settings.outcomes = patch.outcomes
+      if (patch.outcomes) settings.drawOutcome = outcomePicker(patch.outcomes)
       if (patch.progressEvents !== undefined) settings.progressEvents = patch.progressEvents
       if (patch.fault) settings.fault = patch.fault
     },
-    async idle(timeoutMs = 30_000) {
-      const deadline = Date.now() + timeoutMs
-      while (pending > 0) {
-        if (Date.now() > deadline) throw new Error(`simulator still busy after ${timeoutMs} ms (${pending} pending)`)
-        await new Promise((r) => setTimeout(r, 10))
-      }
+    idle(timeoutMs = 30_000) {
+      if (pending === 0) return Promise.resolve()
+      return new Promise<void>((resolve, reject) => {
+        const wake = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+        const timer = setTimeout(() => {
+          idleWaiters.delete(wake)
+          reject(new Error(`simulator still busy after ${timeoutMs} ms: ${pending} calls or deliveries pending`))
+        }, timeoutMs)
+        idleWaiters.add(wake)
+      })
     },
-    async close() {
-      closed = true
-      for (const t of timers) clearTimeout(t)
-      timers.clear()
-      for (const res of hanging) res.destroy()
-      server.closeAllConnections()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
-      await agent.close().catch(() => {})
+    close() {
+      closed ??= (async () => {
+        closing.abort()
+        for (const res of hanging) res.destroy()
+        server.closeAllConnections()
+        await new Promise<void>((resolve) => server.close(() => resolve()))
+        await agent.destroy()
+      })()
+      return closed
     },
   }
+}
+
+function emptyStats(): SimulatorStats {
+  return {
+    dials: [],
+    accepted: 0,
+    duplicates: 0,
+    rejected: 0,
+    active: 0,
+    maxActive: 0,
+    phoneOverlaps: 0,
+    webhooksSent: 0,
+    webhookFailures: 0,
+  }
+}
+
+/** Cumulative weights built once per configure(), so each dial draws an outcome in a few comparisons. */
+function outcomePicker(weights: Partial<Record<SimOutcome, number>>): () => SimOutcome {
+  const table: { upTo: number; outcome: SimOutcome }[] = []
+  let total = 0
+  for (const [name, weight] of Object.entries(weights)) {
+    if (!OUTCOMES.includes(name as SimOutcome)) throw new TypeError(`unknown simulator outcome: ${name}`)
+    if (!Number.isFinite(weight) || (weight as number) < 0) throw new TypeError(`bad weight for ${name}: ${weight}`)
+    if (weight === 0) continue
+    total += weight as number
+    table.push({ upTo: total, outcome: name as SimOutcome })
+  }
+  const last = table.at(-1)
+  if (!last) throw new TypeError('simulator outcomes need at least one positive weight')
+  return () => {
+    const r = Math.random() * total
+    return table.find((t) => r < t.upTo)?.outcome ?? last.outcome
+  }
+}
+
+/** The dial body, or why it is refused. */
+function parseDial(raw: string): Dial | string {
+  let body: unknown
+  try {
+    body = JSON.parse(raw)
+  } catch {
+    return 'the body is not JSON'
+  }
+  if (!isObject(body)) return 'the body must be a JSON object'
+  const { to, scriptId, webhookUrl, metadata } = body
+  if (typeof to !== 'string' || to === '') return 'to is required'
+  if (typeof scriptId !== 'string' || scriptId === '') return 'scriptId is required'
+  if (typeof webhookUrl !== 'string' || !/^https?:\/\//.test(webhookUrl) || !URL.canParse(webhookUrl)) {
+    return 'webhookUrl must be an http(s) URL'
+  }
+  if (metadata !== undefined && !isObject(metadata)) return 'metadata must be an object'
+  return { to, scriptId, webhookUrl }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function send(
+  res: http.ServerResponse,
+  status: number,
+  body: object,
+  headers: Record<string, string> = {},
+  onWritten?: () => void,
+) {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers })
+  res.end(text, onWritten)
+}
+
+function urlOf({ address, family, port }: AddressInfo): string {
+  if (address === '0.0.0.0' || address === '::') return `http://127.0.0.1:${port}`
+  return family === 'IPv6' ? `http://[${address}]:${port}` : `http://${address}:${port}`
 }

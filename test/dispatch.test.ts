@@ -103,7 +103,7 @@ describe('dial answers', () => {
     stack = await startStack(t, {}, { callDurationMs: 10 })
     stack.sim.configure({ fault: { kind: 'error', status: 500 } })
     const [id] = await stack.createCalls(1, () => phone())
-    await waitFor('a failed attempt', async () => (await callRow(id as string)).attempts === 1)
+    await waitFor('a failed attempt', async () => (await eventsOf(id as string)).some((e) => e.kind === 'DIAL_FAILED'))
     stack.sim.configure({ fault: { kind: 'none' } })
     await stack.waitAllFinal()
     const c = await callRow(id as string)
