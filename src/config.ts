@@ -9,6 +9,7 @@ const Int = (def: number, min: number, max: number, description: string) =>
 const Text = (description: string) => Type.Optional(Type.String({ minLength: 1, description }))
 const Url = (description: string) => Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description }))
 
+const SIM_OUTCOME = '(COMPLETED|FAILED|BUSY|NO_ANSWER|NO_WEBHOOK)'
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
 
@@ -43,7 +44,7 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_MAX: Int(600, 1, 1_000_000, 'requests per window per API key'),
   RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'rate limit window'),
   SIM_CALL_DURATION_MS: Int(3000, 0, HOUR, 'built-in simulator: call length'),
-  SIM_OUTCOMES: Type.String({ default: 'COMPLETED=1', pattern: '^[A-Z_]+=\\d+(,[A-Z_]+=\\d+)*$' }),
+  SIM_OUTCOMES: Type.String({ default: 'COMPLETED=1', pattern: `^${SIM_OUTCOME}=\\d+(,${SIM_OUTCOME}=\\d+)*$` }),
 })
 type Env = Static<typeof EnvSchema>
 

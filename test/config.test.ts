@@ -61,6 +61,7 @@ describe('loadConfig', () => {
     [{ RETRY_BASE_DELAY_MS: '5000', RETRY_MAX_DELAY_MS: '1000' }, 'RETRY_MAX_DELAY_MS'],
     [{ NODE_ENV: 'production', WEBHOOK_SECRET: 's' }, 'API_KEYS'],
     [{ NODE_ENV: 'production', API_KEYS: 'k' }, 'WEBHOOK_SECRET'],
+    [{ SIM_OUTCOMES: 'COMPLETED=1,HANGUP=2' }, 'SIM_OUTCOMES'],
   ])('refuses %o, naming %s', (env, name) => {
     expect(() => loadConfig(env)).toThrow(ConfigError)
     try {
