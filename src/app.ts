@@ -10,9 +10,11 @@ import { installAuth } from './auth.ts'
 import type { Config } from './config.ts'
 import type { DB } from './db.ts'
 import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './http-errors.ts'
+import { createMetrics, type Metrics } from './metrics.ts'
 import type { Wakeup } from './queue.ts'
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
+import { dashboardRoutes } from './routes/dashboard.ts'
 import { opsRoutes } from './routes/ops.ts'
 
 export interface AppDeps {
@@ -22,6 +24,8 @@ export interface AppDeps {
   wakeup: Wakeup
   /** False on ROLE=worker: only health, metrics and webhooks are served. */
   clientApi?: boolean
+  /** Prometheus registry and event observer; buildApp makes its own when none is given. */
+  metrics?: Metrics
 }
 
 export const BODY_LIMIT = 64 * 1024
@@ -108,8 +112,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
-  if (deps.clientApi !== false) await app.register(callRoutes, deps)
-  await app.register(callbackRoutes, deps)
-  await app.register(opsRoutes, deps)
+  const routeDeps = {
+    ...deps,
+    metrics:
+      deps.metrics ?? createMetrics({ db: deps.db, maxConcurrentCalls: deps.config.dispatch.maxConcurrentCalls }),
+  }
+  if (deps.clientApi !== false) {
+    await app.register(callRoutes, routeDeps)
+    await app.register(dashboardRoutes, routeDeps)
+  }
+  await app.register(callbackRoutes, routeDeps)
+  await app.register(opsRoutes, routeDeps)
   return app
 }

@@ -1,11 +1,11 @@
 import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
-import { endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
+import { type AttemptEnd, endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
 import type { Call, DB } from './db.ts'
 import type { DialResult, Provider } from './provider.ts'
 import type { Wakeup } from './queue.ts'
 import { settleAttempt } from './settle.ts'
-import { recordDialAccepted } from './sql/attempts.ts'
+import { type EndAttemptResult, recordDialAccepted } from './sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from './sql/claim.ts'
 import { expireOverdueCalls, timeOutSilentCalls } from './sql/sweep.ts'
 
@@ -28,6 +28,8 @@ export interface DispatcherOptions {
   pollMs?: number
   /** Observers (metrics); never awaited. */
   onDial?: (result: DialResult, elapsedMs: number) => void
+  onAttemptEnd?: (end: AttemptEnd, result: EndAttemptResult) => void
+  onSweep?: (expired: number, timedOut: number) => void
 }
 
 export interface Dispatcher {
@@ -57,6 +59,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     lastSweep = Date.now()
     const expired = await expireOverdueCalls(o.db)
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
+    o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
   }
 
@@ -96,6 +99,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
         eventKind,
         detail: { error: result.error },
       })
+      o.onAttemptEnd?.(end, settled)
       o.log.warn(
         { callId: call.id, attempt, result: result.kind, next: settled.status, error: result.error.message },
         'dial not accepted',

@@ -7,9 +7,11 @@ import type { Config } from './config.ts'
 import { createDb, createPool, type DB, migrateToLatest } from './db.ts'
 import { createDispatcher, type Dispatcher } from './dispatcher.ts'
 import { type EmbeddedDb, startEmbeddedDb } from './embedded-db.ts'
+import { createMetrics } from './metrics.ts'
 import { createProvider } from './provider.ts'
 import { createWakeup, QUEUES, startQueue } from './queue.ts'
 import { type Simulator, startSimulator } from './simulator.ts'
+import { saveDispatchSettings } from './sql/settings.ts'
 
 // The whole service from a Config: database (embedded when none is configured) -> pg-boss -> provider (the simulator
 // when none is configured) -> HTTP app + dispatcher. main.ts runs it; integration tests run it in-process.
@@ -45,6 +47,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
   const db = createDb(pool)
   const applied = await migrateToLatest(db)
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
+  // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
+  if (config.role !== 'api') await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
   const boss = await startQueue(databaseUrl, log)
 
   let simulator: Simulator | undefined
@@ -65,7 +69,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
 
   let dispatcher: Dispatcher | undefined
   const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
-  const app = await buildApp({ config, db, log, wakeup, clientApi: config.role !== 'worker' })
+  const metrics = createMetrics({ db, maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
+  const app = await buildApp({ config, db, log, wakeup, clientApi: config.role !== 'worker', metrics })
   await app.listen({ port: config.port, host: config.host })
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : config.port
@@ -83,6 +88,9 @@ export async function startService(config: Config, log: Logger): Promise<Service
       callTimeoutMs: config.dispatch.callTimeoutMs,
       sweepIntervalMs: config.dispatch.sweepIntervalMs,
       webhookUrl: (call) => `${webhookBase}/api/v1/callbacks/call-status?call=${call.id}&attempt=${call.attempts}`,
+      onDial: metrics.dialed,
+      onAttemptEnd: metrics.attemptEnded,
+      onSweep: metrics.swept,
     })
     dispatcher = d
     await boss.work(QUEUES.callReady.name, { batchSize: 100, pollingIntervalSeconds: 1 }, async () => d.notify())

@@ -158,7 +158,9 @@ describe('several service processes on one database', () => {
     const calls = await finalStatuses()
     expect(calls.filter((c) => ids.includes(c.id)).every((c) => c.status === 'COMPLETED')).toBe(true)
     // a wake-up job per create reached the worker; without it the worker's 1 s poll would still find the calls
-    const jobs = await sql<{ n: number }>`select count(*)::int as n from pgboss.job where name = 'call-ready'`.execute(t.db)
+    const jobs = await sql<{ n: number }>`select count(*)::int as n from pgboss.job where name = 'call-ready'`.execute(
+      t.db,
+    )
     expect(jobs.rows[0]?.n).toBeGreaterThanOrEqual(1)
     for (const p of [api, worker]) {
       p.child.kill('SIGTERM')

@@ -3,7 +3,7 @@ import { type Kysely, sql } from 'kysely'
 // The calls table is the single source of truth for a call's status. Two invariants live here, in the database:
 // - one IN_PROGRESS call per phone: the partial unique index calls_one_live_call_per_phone;
 // - the global cap is kept by src/sql/claim.ts (it counts IN_PROGRESS rows under an advisory lock); the partial index
-//   calls_in_progress makes that count an index-only scan of at most MAX_CONCURRENT_CALLS entries.
+//   calls_in_progress_by_started_at makes that count an index-only scan of at most MAX_CONCURRENT_CALLS entries.
 
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`
@@ -33,7 +33,7 @@ export async function up(db: Kysely<any>): Promise<void> {
   await sql`create unique index calls_one_live_call_per_phone on calls (to_phone) where status = 'IN_PROGRESS'`.execute(
     db,
   )
-  await sql`create index calls_in_progress on calls (started_at) where status = 'IN_PROGRESS'`.execute(db)
+  await sql`create index calls_in_progress_by_started_at on calls (started_at) where status = 'IN_PROGRESS'`.execute(db)
   await sql`create index calls_dispatch_queue on calls (next_attempt_at, id) where status = 'PENDING'`.execute(db)
   await sql`create index calls_pending_expiry on calls (expires_at) where status = 'PENDING'`.execute(db)
   await sql`create index calls_by_status_newest on calls (status, created_at desc, id desc)`.execute(db)

@@ -39,7 +39,7 @@ declare module 'fastify' {
   }
 }
 
-export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup }) => {
+export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup, metrics }) => {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
     req.rawBody = body as Buffer
     try {
@@ -75,6 +75,7 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         const check = verify(secret, req.rawBody ?? '', Array.isArray(header) ? header[0] : header)
         if (!check.ok) {
           req.log.warn({ reason: check.reason }, 'webhook signature refused')
+          metrics?.webhook('unverified', 'bad_signature')
           return reply
             .code(401)
             .send(errorBody(apiError(401, 'INVALID_SIGNATURE', `webhook signature ${check.reason}`)))
@@ -90,8 +91,10 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         callId = found?.id
         attempt = found?.attempts
       }
-      const notFound = () =>
-        reply.code(404).send(errorBody(apiError(404, 'CALL_NOT_FOUND', 'no call matches this webhook')))
+      const notFound = () => {
+        metrics?.webhook(body.status, 'unknown')
+        return reply.code(404).send(errorBody(apiError(404, 'CALL_NOT_FOUND', 'no call matches this webhook')))
+      }
       if (!callId || !attempt) return notFound()
 
       const detail = {
@@ -100,9 +103,9 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         ...(body.completedAt ? { completedAt: body.completedAt } : {}),
       }
       if (!isFinalProviderStatus(body.status)) {
-        return (await recordProgress(db, callId, attempt, body.status, detail))
-          ? { success: true as const, data: { outcome: 'progress' as const } }
-          : notFound()
+        if (!(await recordProgress(db, callId, attempt, body.status, detail))) return notFound()
+        metrics?.webhook(body.status, 'progress')
+        return { success: true as const, data: { outcome: 'progress' as const } }
       }
       const end = decideEnd(
         policy,
@@ -121,6 +124,8 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         durationSec: body.durationSec ?? null,
       })
       if (result.outcome === 'unknown_call') return notFound()
+      metrics?.webhook(body.status, result.outcome, body.callId)
+      metrics?.attemptEnded(end, result)
       req.log.info(
         { callId, attempt, providerStatus: body.status, outcome: result.outcome, status: result.status },
         'webhook',

@@ -3,6 +3,7 @@ import { sql } from 'kysely'
 import { Type } from 'typebox'
 import type { AppDeps } from '../app.ts'
 import { STATUSES } from '../call-state.ts'
+import type { Metrics as PromMetrics } from '../metrics.ts'
 import { callSnapshot } from '../sql/metrics.ts'
 
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
@@ -27,7 +28,10 @@ const Metrics = Type.Object({
   }),
 })
 
-export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config }) => {
+export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetrics }> = async (
+  app,
+  { db, config, metrics },
+) => {
   app.get(
     '/health',
     {
@@ -45,6 +49,18 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, c
         return reply.code(503).send({ status: 'unavailable' as const, database: 'down' as const })
       }
     },
+  )
+
+  app.get(
+    '/metrics',
+    {
+      schema: {
+        tags: ['ops'],
+        summary: 'Prometheus exposition: calls by status, slots, backlog (from the database); dials, webhooks, retries',
+        produces: ['text/plain'],
+      },
+    },
+    async (_req, reply) => reply.type(metrics.contentType).send(await metrics.render()),
   )
 
   app.get(

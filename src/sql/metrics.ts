@@ -7,6 +7,10 @@ export interface CallSnapshot {
   pending: number
   dueNow: number
   oldestPendingSec: number | null
+  /** How long the oldest IN_PROGRESS call has held its slot. */
+  longestInProgressSec: number | null
+  /** dispatch_settings: the cap the dispatchers were started with; null before any has started. */
+  maxConcurrentCalls: number | null
   attempts: { finished: number; average: number | null; max: number | null; retried: number }
 }
 
@@ -17,6 +21,8 @@ export async function callSnapshot(db: Kysely<DB>): Promise<CallSnapshot> {
     in_progress: number
     due_now: number
     oldest_pending_sec: number | null
+    longest_in_progress_sec: number | null
+    max_concurrent_calls: number | null
     finished: number
     avg_attempts: number | null
     max_attempts: number | null
@@ -29,6 +35,9 @@ export async function callSnapshot(db: Kysely<DB>): Promise<CallSnapshot> {
       (select count(*)::int from calls
         where status = 'PENDING' and next_attempt_at <= now() and expires_at > now())                 as due_now,
       (select extract(epoch from now() - min(created_at))::float8 from calls where status = 'PENDING') as oldest_pending_sec,
+      (select extract(epoch from now() - min(started_at))::float8
+         from calls where status = 'IN_PROGRESS')                                                    as longest_in_progress_sec,
+      (select max_concurrent_calls from dispatch_settings)                                            as max_concurrent_calls,
       f.finished, f.avg_attempts, f.max_attempts, f.retried
     from (
       select count(*)::int as finished, avg(attempts)::float8 as avg_attempts, max(attempts) as max_attempts,
@@ -44,6 +53,8 @@ export async function callSnapshot(db: Kysely<DB>): Promise<CallSnapshot> {
     pending: r.by_status.PENDING ?? 0,
     dueNow: r.due_now,
     oldestPendingSec: r.oldest_pending_sec,
+    longestInProgressSec: r.longest_in_progress_sec,
+    maxConcurrentCalls: r.max_concurrent_calls,
     attempts: { finished: r.finished, average: r.avg_attempts, max: r.max_attempts, retried: r.retried },
   }
 }
