@@ -5,7 +5,7 @@ import type { Call, DB } from './db.ts'
 import type { DialResult, Provider } from './provider.ts'
 import type { Wakeup } from './queue.ts'
 import { settleAttempt } from './settle.ts'
-import { type EndAttemptResult, recordDialAccepted } from './sql/attempts.ts'
+import { type AcceptedDial, type EndAttemptResult, recordDialsAccepted } from './sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from './sql/claim.ts'
 import { expireOverdueCalls, timeOutSilentCalls } from './sql/sweep.ts'
 
@@ -49,6 +49,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   let wanted = false // a notify() arrived while a pass was running: run another right away
   let wake: (() => void) | undefined
   let lastSweep = 0
+  const recordAccepted = coalesce((dials: AcceptedDial[]) => recordDialsAccepted(o.db, dials))
 
   function notify() {
     wanted = true
@@ -87,7 +88,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     o.onDial?.(result, performance.now() - started)
     try {
       if (result.kind === 'accepted') {
-        await recordDialAccepted(o.db, call.id, attempt, result.providerCallId)
+        await recordAccepted({ callId: call.id, attempt, providerCallId: result.providerCallId })
         return
       }
       const end = decideEnd(o.policy, attempt, result)
@@ -171,4 +172,33 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       return inFlight.size
     },
   }
+}
+
+/**
+ * Batches calls to `write`: items added while a write runs go together in the next one, so a burst costs a few
+ * statements instead of one per item, and a lone item is written at once. Each add() settles with its own write.
+ */
+export function coalesce<T>(write: (items: T[]) => Promise<void>): (item: T) => Promise<void> {
+  let queue: { item: T; settle: (err: unknown) => void }[] = []
+  let writing = false
+  async function drain() {
+    writing = true
+    while (queue.length > 0) {
+      const batch = queue
+      queue = []
+      let error: unknown
+      try {
+        await write(batch.map((q) => q.item))
+      } catch (err) {
+        error = err ?? new Error('write failed')
+      }
+      for (const q of batch) q.settle(error)
+    }
+    writing = false
+  }
+  return (item) =>
+    new Promise<void>((resolve, reject) => {
+      queue.push({ item, settle: (err) => (err ? reject(err) : resolve()) })
+      if (!writing) void drain()
+    })
 }

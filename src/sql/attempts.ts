@@ -6,17 +6,33 @@ import type { DB } from '../db.ts'
 // attempt), so a duplicate, late or out-of-order report matches no row: it is recorded in call_events and changes
 // nothing. Ending an attempt frees its slot in the same statement, because the slot IS the IN_PROGRESS status.
 
-export async function recordDialAccepted(db: Kysely<DB>, callId: string, attempt: number, providerCallId: string) {
+export interface AcceptedDial {
+  callId: string
+  attempt: number
+  providerCallId: string
+}
+
+/**
+ * Notes the provider's id of accepted dials, any number in one statement: a claim's calls are dialed at once and
+ * their 202s come back together, so one round trip and one commit serve them all (10 per statement on average in
+ * the zero-length benchmark, where one statement per dial cost 0.5 ms of PostgreSQL CPU per call).
+ */
+export async function recordDialsAccepted(db: Kysely<DB>, dials: readonly AcceptedDial[]) {
+  if (dials.length === 0) return
   // No status fence: the final webhook may already have been applied (it can arrive before the 202 is read); the
   // provider's id is still worth keeping for that attempt.
   await sql`
-    with noted as (
-      update calls set provider_call_id = ${providerCallId}
-       where id = ${callId}::uuid and attempts = ${attempt}::int
-      returning id
+    with accepted as (
+      select * from jsonb_to_recordset(${JSON.stringify(dials)}::jsonb)
+        as t("callId" uuid, attempt int, "providerCallId" text)
+    ), noted as (
+      update calls c set provider_call_id = a."providerCallId"
+        from accepted a
+       where c.id = a."callId" and c.attempts = a.attempt
+      returning c.id, a.attempt, a."providerCallId"
     )
     insert into call_events (call_id, attempt, kind, detail)
-    select id, ${attempt}::int, 'DIAL_ACCEPTED', jsonb_build_object('providerCallId', ${providerCallId}::text) from noted
+    select id, attempt, 'DIAL_ACCEPTED', jsonb_build_object('providerCallId', "providerCallId") from noted
   `.execute(db)
 }
 

@@ -24,9 +24,21 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
   })
 }
 
-/** Takes the dispatch lock until the end of the transaction `trx`; the claim statement must come after it. */
+/**
+ * Takes the dispatch lock until the end of the transaction `trx`; the claim statement must come after it.
+ *
+ * The same statement pins the claim's plan for the rest of the transaction: an ordered walk of calls_dispatch_queue
+ * and primary-key lookups, whatever the statistics say. Left to them, the planner chose a bitmap scan of every
+ * PENDING call plus a sort while a fresh backlog was not yet analyzed (9 ms per claim at 5,000 calls, growing with
+ * the backlog), and a hash join over the whole table once it was (40-75 ms per claim at 100,000 PENDING calls);
+ * pinned, a claim of 30 took 1.5-3 ms at both sizes (scripts/bench, benchmark 6).
+ */
 export async function lockDispatch(trx: Transaction<DB>): Promise<void> {
-  await sql`select pg_advisory_xact_lock(${DISPATCH_LOCK.classId}::int, ${DISPATCH_LOCK.objectId}::int)`.execute(trx)
+  await sql`
+    select pg_advisory_xact_lock(${DISPATCH_LOCK.classId}::int, ${DISPATCH_LOCK.objectId}::int),
+           set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true),
+           set_config('enable_hashjoin', 'off', true)
+  `.execute(trx)
 }
 
 /** The claim itself, exported so scripts/bench can EXPLAIN it; run it only after lockDispatch in one transaction. */
