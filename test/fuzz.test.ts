@@ -150,7 +150,7 @@ describe('fuzzed input', () => {
     await fc.assert(
       fc.asyncProperty(fc.oneof(hook, fc.jsonValue()), query, async (payload, q) => {
         const before = await t.db.selectFrom('calls').selectAll().where('id', '=', pendingId).executeTakeFirst()
-        const qs = new URLSearchParams(Object.entries(q).map(([k, v]) => [k, String(v)])).toString()
+        const qs = new URLSearchParams(Object.entries(q).map(([k, v]): [string, string] => [k, String(v)])).toString()
         const res = await app.inject({
           method: 'POST',
           url: `/api/v1/callbacks/call-status?${qs}`,
