@@ -1,4 +1,4 @@
-import pino, { type Logger } from 'pino'
+import pino, { type DestinationStream, type Logger } from 'pino'
 
 // Secrets never reach the log: these paths are replaced wherever they appear. Phone numbers are masked where they
 // are logged (phone.ts maskPhone); request bodies are not logged at all.
@@ -15,6 +15,7 @@ export const REDACT_PATHS = [
   'config.apiKeys',
 ]
 
-export function createLogger(level: string, name = 'orchestrator'): Logger {
-  return pino({ name, level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } })
+export function createLogger(level: string, name = 'orchestrator', destination?: DestinationStream): Logger {
+  const options = { name, level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }
+  return destination ? pino(options, destination) : pino(options)
 }
