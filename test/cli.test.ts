@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process'
 import { sql } from 'kysely'
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import pg from 'pg'
+import { afterAll, beforeAll, beforeEach, describe, expect, inject, it } from 'vitest'
 import { freePort } from '../src/embedded-db.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
 import { createTestDb, type TestDb } from './db.ts'
+import { withDatabase } from './global-setup.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
 
@@ -28,10 +30,10 @@ interface Run {
   stderr: string
 }
 
-function calls(args: string[], databaseUrl = t.url): Promise<Run> {
+function run(script: string, args: string[], env: Record<string, string>): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['scripts/calls.ts', ...args], {
-      env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl },
+    const child = spawn(process.execPath, [script, ...args], {
+      env: { PATH: process.env.PATH, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''
@@ -46,6 +48,8 @@ function calls(args: string[], databaseUrl = t.url): Promise<Run> {
     child.on('close', (code) => resolve({ code, stdout, stderr }))
   })
 }
+
+const calls = (args: string[], databaseUrl = t.url) => run('scripts/calls.ts', args, { DATABASE_URL: databaseUrl })
 
 const json = async (args: string[]) => {
   const r = await calls([...args, '--json'])
@@ -187,5 +191,35 @@ describe('connecting', () => {
     const r = await calls(['--help'])
     expect(r.code).toBe(0)
     expect(r.stdout).toContain('cancel --all-pending')
+  })
+})
+
+describe('npm run migrate', () => {
+  it('migrates an empty database once, then finds it up to date; without DATABASE_URL it refuses', async () => {
+    const adminUrl = inject('adminUrl')
+    const name = `t_migrate_${process.pid}`
+    const admin = new pg.Client({ connectionString: adminUrl })
+    await admin.connect()
+    try {
+      await admin.query(`drop database if exists ${name}`)
+      await admin.query(`create database ${name}`)
+      const env = { DATABASE_URL: withDatabase(adminUrl, name) }
+      const first = await run('scripts/migrate.ts', [], env)
+      expect(first).toMatchObject({ code: 0, stderr: '' })
+      expect(first.stdout).toContain('applied: 0001_calls')
+      const again = await run('scripts/migrate.ts', [], env)
+      expect(again).toMatchObject({ code: 0, stdout: 'the database is up to date\n' })
+      const check = new pg.Client({ connectionString: env.DATABASE_URL })
+      await check.connect()
+      const { rows } = await check.query("select to_regclass('calls') is not null as has_calls")
+      await check.end()
+      expect(rows[0].has_calls).toBe(true)
+    } finally {
+      await admin.query(`drop database if exists ${name} with (force)`)
+      await admin.end()
+    }
+    const refused = await run('scripts/migrate.ts', [], {})
+    expect(refused.code).toBe(2)
+    expect(refused.stderr).toContain('DATABASE_URL is not set')
   })
 })
