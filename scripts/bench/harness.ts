@@ -1,0 +1,170 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/embedded-db.ts'
+import { sleep } from './stats.ts'
+
+// What every benchmark stands on: one embedded PostgreSQL with default durability settings (fsync and
+// synchronous_commit on), a database per phase, and the service as a real child process (`node src/main.ts`).
+
+export interface BenchDb {
+  adminUrl: string
+  version: string
+  /** Creates an empty database and returns its URL; the service migrates it on start. */
+  createDatabase(name: string): Promise<string>
+  stop(): Promise<void>
+}
+
+export async function startBenchDb(settings: Record<string, string> = {}): Promise<BenchDb> {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'orchestrator-bench-'))
+  let embedded: EmbeddedDb
+  try {
+    embedded = await startEmbeddedDb({
+      dir: path.join(tmp, 'pg'),
+      port: await freePort(),
+      database: 'postgres',
+      persistent: false,
+      settings,
+    })
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true })
+    throw err
+  }
+  const admin = new pg.Client({ connectionString: embedded.url })
+  await admin.connect()
+  const { rows } = await admin.query<{ v: string }>("select current_setting('server_version') as v")
+  return {
+    adminUrl: embedded.url,
+    version: rows[0]?.v ?? 'unknown',
+    async createDatabase(name) {
+      await admin.query(`drop database if exists ${name} with (force)`)
+      await admin.query(`create database ${name}`)
+      const u = new URL(embedded.url)
+      u.pathname = `/${name}`
+      return u.toString()
+    },
+    async stop() {
+      await admin.end()
+      await embedded.stop()
+      await rm(tmp, { recursive: true, force: true })
+    },
+  }
+}
+
+export const BENCH_API_KEY = 'bench-api-key'
+export const BENCH_WEBHOOK_SECRET = 'bench-webhook-secret'
+
+export interface ServiceProcess {
+  url: string
+  pid: number
+  /** stderr and warn+ log lines, for a failure message. */
+  logs: string[]
+  stop(): Promise<void>
+}
+
+/** `node src/main.ts` with `env` on a free port; resolves once /health answers 200. */
+export async function startServiceProcess(
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+): Promise<ServiceProcess> {
+  const port = await freePort()
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, 'src/main.ts'], {
+    env: {
+      PATH: process.env.PATH,
+      // Production settings: client API keys and signed webhooks, as a deployment runs them.
+      NODE_ENV: 'production',
+      API_KEYS: BENCH_API_KEY,
+      WEBHOOK_SECRET: BENCH_WEBHOOK_SECRET,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      WEBHOOK_BASE_URL: `http://127.0.0.1:${port}`,
+      LOG_LEVEL: 'warn',
+      RATE_LIMIT_MAX: '1000000',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const logs: string[] = []
+  const keep = (chunk: Buffer) => {
+    logs.push(chunk.toString())
+    if (logs.length > 200) logs.shift()
+  }
+  child.stdout?.on('data', keep)
+  child.stderr?.on('data', keep)
+  const url = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    if (child.exitCode !== null)
+      throw new Error(`service exited (${child.exitCode}) before it was ready:\n${logs.join('')}`)
+    try {
+      const res = await fetch(`${url}/health`)
+      if (res.status === 200) break
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new Error(`service not ready after 60 s:\n${logs.join('')}`)
+    }
+    await sleep(50)
+  }
+  return {
+    url,
+    pid: child.pid as number,
+    logs,
+    async stop() {
+      if (child.exitCode !== null) return
+      const exited = once(child, 'exit')
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+      await exited
+      clearTimeout(timer)
+    },
+  }
+}
+
+/**
+ * Peak resident memory of a process over a window: VmHWM after resetting it through /proc/<pid>/clear_refs (Linux),
+ * and the largest VmRSS sampled every 50 ms as a fallback where the reset is not allowed.
+ */
+export function watchRss(pid: number) {
+  let maxRssKb = 0
+  let resetOk = false
+  const statusFile = `/proc/${pid}/status`
+  const kb = (text: string, field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(text)?.[1] ?? 0)
+  const sample = async () => {
+    try {
+      maxRssKb = Math.max(maxRssKb, kb(await readFile(statusFile, 'utf8'), 'VmRSS'))
+    } catch {
+      // the process is gone
+    }
+  }
+  const started = (async () => {
+    try {
+      await writeFile(`/proc/${pid}/clear_refs`, '5')
+      resetOk = true
+    } catch {
+      resetOk = false
+    }
+    await sample()
+  })()
+  const timer = setInterval(() => void sample(), 50)
+  return {
+    /** Stops sampling; the peak in MB, and how it was measured. */
+    async stop(): Promise<{ peakMb: number; method: string }> {
+      clearInterval(timer)
+      await started
+      await sample()
+      let hwmKb = 0
+      if (resetOk) hwmKb = kb(await readFile(statusFile, 'utf8').catch(() => ''), 'VmHWM')
+      const peakKb = Math.max(hwmKb, maxRssKb)
+      return {
+        peakMb: Math.round((peakKb / 1024) * 10) / 10,
+        method: resetOk ? 'VmHWM (reset via clear_refs) and VmRSS every 50 ms' : 'VmRSS every 50 ms',
+      }
+    },
+  }
+}
