@@ -8,7 +8,7 @@ import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/embedded-d
 import { sleep } from './stats.ts'
 
 // What every benchmark stands on: one embedded PostgreSQL with default durability settings (fsync and
-// synchronous_commit on), a database per phase, and the service as a real child process (`node src/main.ts`).
+// synchronous_commit on), a database per phase, and the service as a real child process, started as `npm start` does.
 
 export interface BenchDb {
   adminUrl: string
@@ -65,13 +65,26 @@ export interface ServiceProcess {
   stop(): Promise<void>
 }
 
-/** `node src/main.ts` with `env` on a free port; resolves once /health answers 200. */
+/**
+ * The service as `npm start` runs it: the Node flags of package.json's start script (its V8 heap sizes), then
+ * `extraNodeArgs`, then src/main.ts.
+ */
+async function startCommandFlags(): Promise<string[]> {
+  const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { scripts: { start: string } }
+  const words = pkg.scripts.start.split(/\s+/)
+  if (words[0] !== 'node' || words.at(-1) !== 'src/main.ts')
+    throw new Error(`package.json start script is not "node [flags] src/main.ts": ${pkg.scripts.start}`)
+  return words.slice(1, -1)
+}
+
+/** The service (`npm start`'s command) with `env` on a free port; resolves once /health answers 200. */
 export async function startServiceProcess(
   env: Record<string, string>,
-  nodeArgs: string[] = [],
+  extraNodeArgs: string[] = [],
 ): Promise<ServiceProcess> {
   const port = await freePort()
-  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, 'src/main.ts'], {
+  const args = [...(await startCommandFlags()), ...extraNodeArgs, 'src/main.ts']
+  const child: ChildProcess = spawn(process.execPath, args, {
     env: {
       PATH: process.env.PATH,
       // Production settings: client API keys and signed webhooks, as a deployment runs them.
