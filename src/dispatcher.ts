@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
 import { type AttemptEnd, endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
+import { coalesce } from './coalesce.ts'
 import type { Call, DB } from './db.ts'
 import type { DialResult, Provider } from './provider.ts'
 import type { Wakeup } from './queue.ts'
@@ -49,7 +50,10 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   let wanted = false // a notify() arrived while a pass was running: run another right away
   let wake: (() => void) | undefined
   let lastSweep = 0
-  const recordAccepted = coalesce((dials: AcceptedDial[]) => recordDialsAccepted(o.db, dials))
+  const recordAccepted = coalesce(async (dials: AcceptedDial[]) => {
+    await recordDialsAccepted(o.db, dials)
+    return dials.map(() => undefined)
+  })
 
   function notify() {
     wanted = true
@@ -172,33 +176,4 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       return inFlight.size
     },
   }
-}
-
-/**
- * Batches calls to `write`: items added while a write runs go together in the next one, so a burst costs a few
- * statements instead of one per item, and a lone item is written at once. Each add() settles with its own write.
- */
-export function coalesce<T>(write: (items: T[]) => Promise<void>): (item: T) => Promise<void> {
-  let queue: { item: T; settle: (err: unknown) => void }[] = []
-  let writing = false
-  async function drain() {
-    writing = true
-    while (queue.length > 0) {
-      const batch = queue
-      queue = []
-      let error: unknown
-      try {
-        await write(batch.map((q) => q.item))
-      } catch (err) {
-        error = err ?? new Error('write failed')
-      }
-      for (const q of batch) q.settle(error)
-    }
-    writing = false
-  }
-  return (item) =>
-    new Promise<void>((resolve, reject) => {
-      queue.push({ item, settle: (err) => (err ? reject(err) : resolve()) })
-      if (!writing) void drain()
-    })
 }

@@ -1,12 +1,16 @@
 import type { Kysely } from 'kysely'
+import { coalesce } from './coalesce.ts'
 import type { DB } from './db.ts'
 import type { Wakeup } from './queue.ts'
-import { type EndAttemptInput, type EndAttemptResult, endAttempt } from './sql/attempts.ts'
+import { type EndAttemptInput, type EndAttemptResult, endAttempt, endAttempts } from './sql/attempts.ts'
 
 /**
  * Ends an attempt (from a webhook or a dial result) and passes the freed slot on. Applying the outcome, freeing the
- * slot and scheduling the retry's wake-up are one transaction; the common case (a completed call, with a local
- * dispatcher) is a single statement.
+ * slot and scheduling the retry's wake-up are one transaction.
+ *
+ * The common case (a call that ends for good, with a local dispatcher) publishes nothing, so reports that arrive
+ * together are ended together: one statement per burst (endAttempts), each report still acknowledged only after the
+ * commit that holds it.
  */
 export async function settleAttempt(db: Kysely<DB>, wakeup: Wakeup, input: EndAttemptInput): Promise<EndAttemptResult> {
   const { end } = input
@@ -20,7 +24,19 @@ export async function settleAttempt(db: Kysely<DB>, wakeup: Wakeup, input: EndAt
         }
         return r
       })
-    : await endAttempt(db, input)
+    : await batchedFor(db)(input)
   if (result.freedSlot) wakeup.nudge()
   return result
+}
+
+const batchers = new WeakMap<Kysely<DB>, (input: EndAttemptInput) => Promise<EndAttemptResult>>()
+
+/** One batcher per database handle (tests run several services in one process). */
+function batchedFor(db: Kysely<DB>) {
+  let batched = batchers.get(db)
+  if (!batched) {
+    batched = coalesce((inputs: EndAttemptInput[]) => endAttempts(db, inputs), { keyOf: (input) => input.callId })
+    batchers.set(db, batched)
+  }
+  return batched
 }

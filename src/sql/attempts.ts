@@ -20,14 +20,17 @@ export interface AcceptedDial {
 export async function recordDialsAccepted(db: Kysely<DB>, dials: readonly AcceptedDial[]) {
   if (dials.length === 0) return
   // No status fence: the final webhook may already have been applied (it can arrive before the 202 is read); the
-  // provider's id is still worth keeping for that attempt.
+  // provider's id is still worth keeping for that attempt. Rows are locked in id order, as endAttempts locks them:
+  // two batches that lock one set of rows in different orders deadlock, and PostgreSQL takes a second to notice.
   await sql`
     with accepted as (
       select * from jsonb_to_recordset(${JSON.stringify(dials)}::jsonb)
         as t("callId" uuid, attempt int, "providerCallId" text)
+    ), locked as (
+      select id from calls where id = any(${dials.map((d) => d.callId)}::uuid[]) order by id for no key update
     ), noted as (
       update calls c set provider_call_id = a."providerCallId"
-        from accepted a
+        from accepted a join locked l on l.id = a."callId"
        where c.id = a."callId" and c.attempts = a.attempt
       returning c.id, a.attempt, a."providerCallId"
     )
@@ -59,71 +62,116 @@ export interface EndAttemptResult {
 }
 
 /**
- * Ends attempt `attempt` of a call as `end` says. One statement: the fenced update, and a history row that says
- * whether it applied. A call that timed out (FAILED with CALL_TIMEOUT) still takes the provider's final outcome for
- * that attempt ('late'); it does not take a slot again and is never re-dialed.
+ * Ends attempt `attempt` of a call as `end` says: endAttempts for one report. A call that timed out (FAILED with
+ * CALL_TIMEOUT) still takes the provider's final outcome for that attempt ('late'); it does not take a slot again and
+ * is never re-dialed.
  */
 export async function endAttempt(db: Kysely<DB>, input: EndAttemptInput): Promise<EndAttemptResult> {
-  const first = await endAttemptOnce(db, input)
-  // The row was IN_PROGRESS in our snapshot but another statement (a duplicate of this report, or the timeout sweep)
-  // changed it first. Look again, once, so a webhook that races the timeout still lands as 'late'.
-  if (first.outcome === 'duplicate' && first.status === 'IN_PROGRESS') return endAttemptOnce(db, input)
+  return (await endAttempts(db, [input]))[0] as EndAttemptResult
+}
+
+/**
+ * Ends several attempts, at most one report per call, in one statement: the fenced updates and a history row per
+ * report that says whether it applied. A burst of webhooks (every slot's call ends at about the same time when calls
+ * have one length) then costs one round trip and one commit instead of one each. Results are in input order.
+ */
+export async function endAttempts(db: Kysely<DB>, inputs: readonly EndAttemptInput[]): Promise<EndAttemptResult[]> {
+  const first = await endAttemptsOnce(db, inputs)
+  // A row that was IN_PROGRESS in our snapshot but that another statement (a duplicate of this report, or the
+  // timeout sweep) changed first. Look again, once, so a webhook that races the timeout still lands as 'late'.
+  const again = inputs.flatMap((input, i) => {
+    const r = first[i] as EndAttemptResult
+    return r.outcome === 'duplicate' && r.status === 'IN_PROGRESS' ? [{ input, i }] : []
+  })
+  if (again.length === 0) return first
+  const second = await endAttemptsOnce(
+    db,
+    again.map((a) => a.input),
+  )
+  again.forEach((a, j) => {
+    first[a.i] = second[j] as EndAttemptResult
+  })
   return first
 }
 
-async function endAttemptOnce(db: Kysely<DB>, input: EndAttemptInput): Promise<EndAttemptResult> {
-  const { end } = input
-  const error = end.next === 'COMPLETED' ? null : JSON.stringify(end.error)
-  const delaySec = end.next === 'PENDING' ? end.delayMs / 1000 : 0
-  const refund = end.next === 'PENDING' && !end.spendsAttempt ? 1 : 0
-  // A late outcome can only end the call: a retry would dial a phone that may already have been called.
-  const lateStatus = end.next === 'COMPLETED' ? 'COMPLETED' : 'FAILED'
-  const { rows } = await sql<{ before_status: CallStatus; before_attempts: number; applied: boolean; late: boolean }>`
-    with target as (
-      select id, status, attempts from calls where id = ${input.callId}::uuid
+async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[]): Promise<EndAttemptResult[]> {
+  const reports = inputs.map((input, ord) => {
+    const { end } = input
+    return {
+      ord,
+      call_id: input.callId,
+      attempt: input.attempt,
+      next: end.next,
+      refund: end.next === 'PENDING' && !end.spendsAttempt ? 1 : 0,
+      delay_sec: end.next === 'PENDING' ? end.delayMs / 1000 : 0,
+      error: end.next === 'COMPLETED' ? null : end.error,
+      // A late outcome can only end the call: a retry would dial a phone that may already have been called.
+      late_status: end.next === 'COMPLETED' ? 'COMPLETED' : 'FAILED',
+      duration_sec: input.durationSec ?? null,
+      event_kind: input.eventKind,
+      event_status: input.eventStatus ?? end.next,
+      detail: input.detail ?? {},
+    }
+  })
+  // The ids again as an array, so that the planner looks calls up by primary key: joined to the JSON alone, a
+  // generic plan hashed it against a sequential scan of calls (1.4 ms per statement at 3,000 rows, growing with them).
+  const ids = inputs.map((input) => input.callId)
+  const { rows } = await sql<{ ord: number; before_status: CallStatus; before_attempts: number; outcome: EndOutcome }>`
+    with report as (
+      select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
+        ord int, call_id uuid, attempt int, next text, refund int, delay_sec float8, error jsonb,
+        late_status text, duration_sec int, event_kind text, event_status text, detail jsonb)
+    ), target as (
+      select r.ord, c.id, c.status, c.attempts
+        from calls c join report r on r.call_id = c.id
+       where c.id = any(${ids}::uuid[])
+    ), locked as (
+      -- in id order, like recordDialsAccepted: batches that lock shared rows in different orders would deadlock
+      select id from calls where id = any(${ids}::uuid[]) order by id for no key update
     ), ended as (
-      update calls
-         set status          = ${end.next},
-             attempts        = attempts - ${refund}::int,
-             next_attempt_at = case when ${end.next} = 'PENDING'
-                                    then now() + make_interval(secs => ${delaySec}::float8) else next_attempt_at end,
-             ended_at        = case when ${end.next} = 'PENDING' then null else now() end,
-             last_error      = ${error}::jsonb,
-             duration_sec    = coalesce(${input.durationSec ?? null}::int, duration_sec)
-       where id = ${input.callId}::uuid and status = 'IN_PROGRESS' and attempts = ${input.attempt}::int
-      returning id
+      update calls c
+         set status          = r.next,
+             attempts        = c.attempts - r.refund,
+             next_attempt_at = case when r.next = 'PENDING'
+                                    then now() + make_interval(secs => r.delay_sec) else c.next_attempt_at end,
+             ended_at        = case when r.next = 'PENDING' then null else now() end,
+             last_error      = r.error,
+             duration_sec    = coalesce(r.duration_sec, c.duration_sec)
+        from report r join locked l on l.id = r.call_id
+       where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
+      returning r.ord
     ), late as (
-      update calls
-         set status = ${lateStatus}, ended_at = now(), last_error = ${error}::jsonb,
-             duration_sec = coalesce(${input.durationSec ?? null}::int, duration_sec)
-       where id = ${input.callId}::uuid and status = 'FAILED' and attempts = ${input.attempt}::int
-         and last_error ->> 'code' = ${CALL_ERRORS.timeout}
-         and not exists (select 1 from ended)
-      returning id
+      update calls c
+         set status = r.late_status, ended_at = now(), last_error = r.error,
+             duration_sec = coalesce(r.duration_sec, c.duration_sec)
+        from report r join locked l on l.id = r.call_id
+       where c.id = r.call_id and c.status = 'FAILED' and c.attempts = r.attempt
+         and c.last_error ->> 'code' = ${CALL_ERRORS.timeout}
+      returning r.ord
+    ), outcome as (
+      select t.ord, t.id, t.status as before_status, t.attempts as before_attempts,
+             case when t.ord in (select ord from ended) then 'applied'
+                  when t.ord in (select ord from late) then 'late'
+                  when t.attempts > r.attempt then 'stale'
+                  else 'duplicate' end as outcome
+        from target t join report r on r.ord = t.ord
     ), history as (
       insert into call_events (call_id, attempt, kind, status, detail)
-      select id, ${input.attempt}::int, ${input.eventKind}, ${input.eventStatus ?? end.next},
-             ${JSON.stringify(input.detail ?? {})}::jsonb || jsonb_build_object('outcome',
-               case when exists (select 1 from ended) then 'applied'
-                    when exists (select 1 from late) then 'late'
-                    when target.attempts > ${input.attempt}::int then 'stale'
-                    else 'duplicate' end,
-               'next', ${end.next}::text)
-        from target
+      select o.id, r.attempt, r.event_kind, r.event_status,
+             r.detail || jsonb_build_object('outcome', o.outcome, 'next', r.next)
+        from outcome o join report r on r.ord = o.ord
+       order by o.ord
     )
-    select target.status as before_status, target.attempts as before_attempts,
-           exists (select 1 from ended) as applied, exists (select 1 from late) as late
-      from target
+    select ord, before_status, before_attempts, outcome from outcome
   `.execute(db)
-  const row = rows[0]
-  if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
-  if (row.applied) return { outcome: 'applied', status: end.next, freedSlot: true }
-  if (row.late) return { outcome: 'late', status: lateStatus, freedSlot: false }
-  return {
-    outcome: row.before_attempts > input.attempt ? 'stale' : 'duplicate',
-    status: row.before_status,
-    freedSlot: false,
-  }
+  const byOrd = new Map(rows.map((r) => [r.ord, r]))
+  return reports.map(({ ord, next, late_status }): EndAttemptResult => {
+    const row = byOrd.get(ord)
+    if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
+    if (row.outcome === 'applied') return { outcome: 'applied', status: next, freedSlot: true }
+    if (row.outcome === 'late') return { outcome: 'late', status: late_status as CallStatus, freedSlot: false }
+    return { outcome: row.outcome, status: row.before_status, freedSlot: false }
+  })
 }
 
 /** A progress report (RINGING, IN_PROGRESS): history only. Returns false for an unknown call. */

@@ -12,8 +12,13 @@ let stack: Stack
 
 beforeAll(async () => {
   t = await createTestDb()
-  // calls that never end by themselves: the test delivers their webhooks
-  stack = await startStack(t, { MAX_CONCURRENT_CALLS: '20' }, { callDurationMs: 600_000 })
+  // Calls that never end by themselves: the test delivers their webhooks. Retries wait a minute, so a call whose
+  // FAILED report won is still PENDING when the test looks, however long the storm took.
+  stack = await startStack(
+    t,
+    { MAX_CONCURRENT_CALLS: '20', RETRY_BASE_DELAY_MS: '60000', RETRY_MAX_DELAY_MS: '60000' },
+    { callDurationMs: 600_000 },
+  )
 })
 afterAll(async () => {
   await stack.stop()

@@ -1,0 +1,118 @@
+import { sql } from 'kysely'
+import pg from 'pg'
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { CALL_ERRORS } from '../src/call-state.ts'
+import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
+import { createTestDb, type TestDb } from './db.ts'
+import { callIn } from './seed.ts'
+import { resetTables } from './stack.ts'
+
+// src/sql/attempts.ts against PostgreSQL: several reports ended in one statement, each fenced on its own.
+
+let t: TestDb
+
+beforeAll(async () => {
+  t = await createTestDb()
+})
+afterAll(async () => {
+  await t.drop()
+})
+beforeEach(async () => {
+  await resetTables(t)
+})
+
+const row = (id: string) => t.db.selectFrom('calls').selectAll().where('id', '=', id).executeTakeFirstOrThrow()
+const completed = { next: 'COMPLETED' } as const
+const report = (
+  callId: string,
+  attempt: number,
+  end: Parameters<typeof endAttempts>[1][number]['end'] = completed,
+) => ({
+  callId,
+  attempt,
+  end,
+  eventKind: 'WEBHOOK',
+  detail: { providerCallId: `sim_${callId.slice(0, 4)}` },
+})
+
+describe('endAttempts', () => {
+  it('gives every report of a batch its own outcome, and each a history row', async () => {
+    const live = await callIn(t, 'IN_PROGRESS')
+    const retried = await callIn(t, 'IN_PROGRESS', { attempts: 1 })
+    const newer = await callIn(t, 'IN_PROGRESS', { attempts: 2 })
+    const done = await callIn(t, 'COMPLETED')
+    const timedOut = await callIn(t, 'IN_PROGRESS')
+    await sql`update calls set status = 'FAILED', ended_at = now(),
+                last_error = ${JSON.stringify({ code: CALL_ERRORS.timeout, message: 'x' })}::jsonb
+               where id = ${timedOut}::uuid`.execute(t.db)
+    const unknown = '7b0c2f7e-0000-4000-8000-000000000000'
+    const error = { code: 'NO_ANSWER', message: 'no answer' }
+
+    const results = await endAttempts(t.db, [
+      report(live, 1),
+      report(retried, 1, { next: 'PENDING', delayMs: 60_000, spendsAttempt: true, error }),
+      report(newer, 1),
+      report(done, 1),
+      report(timedOut, 1),
+      report(unknown, 1),
+    ])
+    expect(results).toEqual([
+      { outcome: 'applied', status: 'COMPLETED', freedSlot: true },
+      { outcome: 'applied', status: 'PENDING', freedSlot: true },
+      { outcome: 'stale', status: 'IN_PROGRESS', freedSlot: false },
+      { outcome: 'duplicate', status: 'COMPLETED', freedSlot: false },
+      { outcome: 'late', status: 'COMPLETED', freedSlot: false },
+      { outcome: 'unknown_call', status: undefined, freedSlot: false },
+    ])
+    expect(await row(live)).toMatchObject({ status: 'COMPLETED', last_error: null })
+    const r = await row(retried)
+    expect(r).toMatchObject({ status: 'PENDING', attempts: 1, last_error: error, ended_at: null })
+    expect((r.next_attempt_at as Date).getTime()).toBeGreaterThan(Date.now() + 50_000)
+    expect(await row(newer)).toMatchObject({ status: 'IN_PROGRESS', attempts: 2 })
+    expect(await row(timedOut)).toMatchObject({ status: 'COMPLETED', last_error: null })
+
+    const { rows } = await sql<{ call_id: string; outcome: string; provider: string }>`
+      select call_id, detail ->> 'outcome' as outcome, detail ->> 'providerCallId' as provider
+        from call_events where kind = 'WEBHOOK' order by id`.execute(t.db)
+    expect(rows.map((e) => [e.call_id, e.outcome])).toEqual([
+      [live, 'applied'],
+      [retried, 'applied'],
+      [newer, 'stale'],
+      [done, 'duplicate'],
+      [timedOut, 'late'],
+    ])
+    expect(rows[0]?.provider).toBe(`sim_${live.slice(0, 4)}`)
+  })
+
+  it('locks rows in id order, so it cannot deadlock with a batch of accepted dials that names them in another order', async () => {
+    const ids: string[] = []
+    for (let i = 0; i < 40; i++) ids.push(await callIn(t, 'IN_PROGRESS'))
+    ids.sort()
+    const middle = ids[20] as string
+    // A third transaction holds the middle row, so both batches stop halfway with their first rows locked. Locking
+    // in their own (opposite) orders, each would then wait for the other: deadlock (40P01) after deadlock_timeout.
+    const holder = new pg.Client({ connectionString: t.url })
+    await holder.connect()
+    try {
+      await holder.query('begin')
+      await holder.query('select id from calls where id = $1 for update', [middle])
+      const accepted = recordDialsAccepted(
+        t.db,
+        ids.map((callId) => ({ callId, attempt: 1, providerCallId: `p_${callId}` })),
+      )
+      const ended = endAttempts(
+        t.db,
+        [...ids].reverse().map((callId) => report(callId, 1)),
+      )
+      await new Promise((r) => setTimeout(r, 200))
+      await holder.query('commit')
+      const [, results] = await Promise.all([accepted, ended])
+      expect(results.every((r) => r.outcome === 'applied')).toBe(true)
+    } finally {
+      await holder.end()
+    }
+    const { rows } = await sql<{ n: number }>`
+      select count(*)::int as n from calls where status = 'COMPLETED' and provider_call_id like 'p_%'`.execute(t.db)
+    expect(rows[0]?.n).toBe(ids.length)
+  })
+})
