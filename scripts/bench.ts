@@ -19,7 +19,7 @@ import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 
 // `npm run bench`: the seven benchmarks of issue #4 against this checkout, in one run of a few minutes. It starts
 // its own PostgreSQL (embedded, default durability settings), the provider simulator in this process, and the
-// service as a child process (`node src/main.ts`) per phase, so each phase's memory is its own.
+// service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
 //   --only=create,dispatch,backlog   run some phases (default: all; latest.json is written only for a full run)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
@@ -44,7 +44,11 @@ const serviceEnv = (databaseUrl: string, simUrl: string) => ({
   AI_CALL_API_URL: simUrl,
   MAX_CONCURRENT_CALLS: String(CAP),
 })
-const nodeArgs = (phase: string) => (profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}/${phase}`] : [])
+const extraNodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)
+const nodeArgs = (phase: string) => [
+  ...extraNodeArgs,
+  ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}/${phase}`] : []),
+]
 
 async function topStatements(db: Database) {
   if (!profile) return undefined
@@ -109,7 +113,7 @@ async function phaseBacklog(pg: BenchDb) {
       const label = size >= 1000 ? `${size / 1000}k` : String(size)
       const { url, db } = await phaseDb(pg, `bench_backlog_${label}`)
       const svc = await startServiceProcess(serviceEnv(url, sim.url), nodeArgs(`backlog-${label}`))
-      sides.push({ label, serviceUrl: svc.url, db, svc })
+      sides.push({ label, serviceUrl: svc.url, databaseUrl: url, db, svc })
     }
     log('6 backlog scaling: 1,000 vs 100,000 PENDING, claim and create latency in alternating rounds')
     return await benchBacklog(sides[0] as (typeof sides)[0], sides[1] as (typeof sides)[0], sizes)

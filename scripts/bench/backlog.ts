@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely'
+import pg from 'pg'
 import type { DB } from '../../src/db.ts'
-import { claimStatement, lockDispatch } from '../../src/sql/claim.ts'
+import { claimDueCalls } from '../../src/sql/claim.ts'
 import { createInBatches } from './create.ts'
 import { CAP } from './dispatch.ts'
 import { apiClient } from './load.ts'
@@ -13,23 +14,23 @@ import { benchPhone, median, round, sleep } from './stats.ts'
 export interface BacklogSide {
   label: string
   serviceUrl: string
+  databaseUrl: string
   db: Kysely<DB>
 }
 
 class Rollback extends Error {}
 
 /**
- * The dispatcher's own claim (src/sql/claim.ts) under its lock, asked for CAP more slots than are taken, then rolled
- * back so every round sees the same backlog. Returns the claim statement's time in ms and the rows it claimed.
+ * The dispatcher's own claim (src/sql/claim.ts), asked for CAP more slots than are taken, then rolled back so every
+ * round sees the same backlog. Returns the claim's time in ms and the rows it claimed.
  */
 async function timeClaim(db: Kysely<DB>): Promise<{ ms: number; rows: number }> {
   let out = { ms: 0, rows: 0 }
   await db
     .transaction()
     .execute(async (trx) => {
-      await lockDispatch(trx)
       const t0 = performance.now()
-      const { rows } = await claimStatement(2 * CAP, CAP).execute(trx)
+      const rows = await claimDueCalls(trx, 2 * CAP, CAP)
       out = { ms: performance.now() - t0, rows: rows.length }
       throw new Rollback()
     })
@@ -39,24 +40,34 @@ async function timeClaim(db: Kysely<DB>): Promise<{ ms: number; rows: number }> 
   return out
 }
 
-async function explainClaim(db: Kysely<DB>): Promise<string[]> {
-  let plan: string[] = []
-  const compiled = claimStatement(2 * CAP, CAP).compile(db)
-  await db
-    .transaction()
-    .execute(async (trx) => {
-      await lockDispatch(trx)
-      const { rows } = await trx.executeQuery<{ 'QUERY PLAN': string }>({
-        ...compiled,
-        sql: `explain (analyze, buffers, costs off) ${compiled.sql}`,
-      })
-      plan = rows.map((r) => r['QUERY PLAN'])
-      throw new Rollback()
-    })
-    .catch((err) => {
-      if (!(err instanceof Rollback)) throw err
-    })
-  return plan
+/**
+ * EXPLAIN ANALYZE of the statement inside claim_due_calls, as the function runs it (its plan cache, its SET
+ * clauses): auto_explain reports nested statements to the client as notices. Rolled back.
+ */
+async function explainClaim(url: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: url })
+  const notices: string[] = []
+  client.on('notice', (n) => notices.push(n.message ?? ''))
+  await client.connect()
+  try {
+    await client.query('begin')
+    await client.query("load 'auto_explain'")
+    for (const setting of [
+      'log_min_duration = 0',
+      'log_analyze = on',
+      'log_buffers = on',
+      'log_nested_statements = on',
+      "log_level = 'notice'",
+    ])
+      await client.query(`set local auto_explain.${setting}`)
+    await client.query('select * from claim_due_calls($1, $2)', [2 * CAP, CAP])
+    await client.query('rollback')
+  } finally {
+    await client.end()
+  }
+  const claim = notices.find((n) => n.includes('with free as'))
+  if (!claim) throw new Error(`auto_explain reported no plan for the claim statement: ${notices.join('\n')}`)
+  return claim.split('\n').filter((line) => !/^\s*$/.test(line))
 }
 
 let createSeq = 50_000_000
@@ -137,7 +148,7 @@ export async function benchBacklog(small: BacklogSide, large: BacklogSide, sizes
       creates[side.label]?.push(...(await timeCreates(side.serviceUrl, 40)))
     }
   }
-  const plan100k = await explainClaim(large.db)
+  const plan100k = await explainClaim(large.databaseUrl)
   const claimMedianMs = Object.fromEntries(Object.entries(claims).map(([k, v]) => [k, round(median(v), 3)]))
   const createMedianMs = Object.fromEntries(Object.entries(creates).map(([k, v]) => [k, round(median(v), 3)]))
   const ratio = (m: Record<string, number>) => round((m[large.label] as number) / (m[small.label] as number), 2)
