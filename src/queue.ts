@@ -55,7 +55,11 @@ export function createWakeup(boss: PgBoss | undefined, localDispatcher: { notify
   }
   return {
     dueNow: (db) => (localDispatcher ? Promise.resolve() : publish(db)),
-    dueLater: (db, delayMs) => publish(db, Math.max(1, Math.ceil(delayMs / 1000))),
+    dueLater: (db, delayMs) => {
+      // The local dispatcher is woken at the due time to the millisecond; the job (whole seconds) is for the others.
+      if (localDispatcher) setTimeout(() => localDispatcher.notify(), delayMs + 1).unref()
+      return publish(db, Math.max(1, Math.ceil(delayMs / 1000)))
+    },
     nudge: () => localDispatcher?.notify(),
     remote: !localDispatcher && boss !== undefined,
   }

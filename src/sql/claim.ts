@@ -23,13 +23,17 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
 }
 
 /**
- * Milliseconds until the next PENDING call becomes due (a retry's backoff), or undefined when none is waiting for
- * its time. Lets an idle dispatcher wake when a retry is due instead of at its next poll. Reads calls_dispatch_queue.
+ * Milliseconds until the next PENDING call becomes due (a retry's backoff) if that is within `horizonMs`, else
+ * undefined. Lets an idle dispatcher wake when a retry is due instead of at its next poll. Reads calls_dispatch_queue.
+ * (An idle dispatcher asks this at every pause, dozens of times a second under load: the parameter makes it a
+ * prepared statement, planned once per connection.)
  */
-export async function msUntilNextDue(db: Kysely<DB>): Promise<number | undefined> {
+export async function msUntilNextDue(db: Kysely<DB>, horizonMs: number): Promise<number | undefined> {
   const { rows } = await sql<{ ms: number | null }>`
     select extract(epoch from min(next_attempt_at) - now())::float8 * 1000 as ms
-      from calls where status = 'PENDING' and next_attempt_at > now()
+      from calls
+     where status = 'PENDING' and next_attempt_at > now()
+       and next_attempt_at <= now() + make_interval(secs => ${horizonMs / 1000}::float8)
   `.execute(db)
   const ms = rows[0]?.ms
   return ms === null || ms === undefined ? undefined : Math.max(0, ms)
