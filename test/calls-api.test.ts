@@ -147,6 +147,27 @@ describe('POST /api/v1/calls', () => {
       expect(await rowCount()).toBe(1)
     })
 
+    it('answers each of many concurrent creates, keyed or not, as if it had come alone', async () => {
+      // Creates that arrive together share one statement: none may take another's answer.
+      const plain = Array.from({ length: 20 }, (_, i) => create({ to: phone(5000 + i), scriptId: 'mix' }))
+      const same = Array.from({ length: 10 }, () => create(body, { 'idempotency-key': 'mix-1' }))
+      const bodies = Array.from({ length: 10 }, (_, i) => ({ ...body, scriptId: i % 2 === 0 ? 'even' : 'odd' }))
+      const mixed = bodies.map((b) => create(b, { 'idempotency-key': 'mix-2' }))
+      const [p, s, m] = await Promise.all([Promise.all(plain), Promise.all(same), Promise.all(mixed)])
+      expect(p.map((r) => r.statusCode)).toEqual(Array(20).fill(201))
+      expect(new Set(p.map((r) => r.json().data.id)).size).toBe(20)
+      expect(p.map((r) => r.json().data.payload.to)).toEqual(plain.map((_, i) => phone(5000 + i)))
+      expect(s.map((r) => r.statusCode).sort()).toEqual([200, 200, 200, 200, 200, 200, 200, 200, 200, 201])
+      expect(new Set(s.map((r) => r.json().data.id)).size).toBe(1)
+      const winner = m.find((r) => r.statusCode === 201)?.json().data
+      expect(m.filter((r) => r.statusCode === 201)).toHaveLength(1)
+      m.forEach((r, i) => {
+        if (r.statusCode === 201) return
+        expect(r.statusCode).toBe(bodies[i]?.scriptId === winner.payload.scriptId ? 200 : 422)
+      })
+      expect(await rowCount()).toBe(22)
+    })
+
     it('treats the same body under two keys as two calls', async () => {
       await create(body, { 'idempotency-key': 'k-a' })
       await create(body, { 'idempotency-key': 'k-b' })

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import type { CallStatus } from '../src/call-state.ts'
-import { createCall } from '../src/sql/calls.ts'
+import { insertCalls } from '../src/sql/calls.ts'
 import type { TestDb } from './db.ts'
 import { phone } from './helpers.ts'
 
@@ -13,12 +13,21 @@ export async function callIn(
   status: CallStatus,
   o: { to?: string; attempts?: number; ageSec?: number; expiresInSec?: number } = {},
 ): Promise<string> {
-  const created = await createCall(
+  const [created] = await insertCalls(
     t.db,
-    { toPhone: o.to ?? phone(), scriptId: 's', metadata: {}, expiresAt: null, idempotencyKey: null, requestHash: null },
+    [
+      {
+        toPhone: o.to ?? phone(),
+        scriptId: 's',
+        metadata: {},
+        expiresAt: null,
+        idempotencyKey: null,
+        requestHash: null,
+      },
+    ],
     3600_000,
   )
-  const id = created.call.id
+  const id = (created as { call: { id: string } }).call.id
   const ago = `${o.ageSec ?? 0} seconds`
   await sql`
     update calls

@@ -9,8 +9,9 @@ const ROUNDS = 5
 const ROUND_MS = 2000 // 5 rounds x 2 s = the issue's 10 s per arm, interleaved so every arm sees the same machine
 const WARMUP_MS = 3000
 
-// The rows one API create writes (src/sql/calls.ts createCall): a calls row and its CREATED history row, in one
-// statement. The bare pool sends exactly this, with no HTTP, validation, JSON or Kysely in between.
+// The rows one API create writes (src/sql/calls.ts insertCalls): a calls row and its CREATED history row. The bare
+// pool writes them with one statement per call, with no HTTP, validation, JSON or Kysely in between; the API puts the
+// creates that arrive together into one statement, so it can beat this baseline.
 const RAW_SAME_ROWS = `
   with inserted as (
     insert into calls (to_phone, script_id, metadata, expires_at)

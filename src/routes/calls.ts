@@ -3,15 +3,15 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
 import type { AppDeps } from '../app.ts'
 import { STATUSES } from '../call-state.ts'
+import { coalesce } from '../coalesce.ts'
 import type { Call } from '../db.ts'
 import { type ApiError, apiError, errorBody, errorRef } from '../http-errors.ts'
 import { normalizePhone } from '../phone.ts'
 import { withDueNow } from '../queue.ts'
 import {
   cancelPendingCall,
-  createCall,
-  createCalls,
   getCall,
+  insertCalls,
   listCalls,
   listEvents,
   type NewCall,
@@ -170,6 +170,17 @@ const errors = { 400: errorRef, 404: errorRef, 409: errorRef, 422: errorRef }
 // ---- routes ----
 export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup }) => {
   const expiryMs = config.dispatch.callExpiryMs
+  // Creates that arrive while one is being written go together in the next statement (sql/calls.ts insertCalls).
+  const createOne = coalesce(
+    (calls: NewCall[]) =>
+      withDueNow(
+        db,
+        wakeup,
+        (tx) => insertCalls(tx, calls, expiryMs),
+        (results) => results.some((r) => r.kind === 'created'),
+      ),
+    { keyOf: (call) => call.idempotencyKey ?? undefined, maxBatch: 200 },
+  )
 
   app.post(
     '/api/v1/calls',
@@ -187,12 +198,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     async (req, reply) => {
       const input = toNewCall(req.body, req.headers['idempotency-key'] ?? null)
       if (!input.ok) return reply.code(input.error.status).send(errorBody(input.error))
-      const result = await withDueNow(
-        db,
-        wakeup,
-        (tx) => createCall(tx, input.call, expiryMs),
-        (r) => r.kind === 'created',
-      )
+      const result = await createOne(input.call)
       if (result.kind === 'key_reused') {
         const e = apiError(
           422,
@@ -244,12 +250,13 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             ),
           )
       }
-      const ids = await withDueNow(
+      const results = await withDueNow(
         db,
         wakeup,
-        (tx) => createCalls(tx, calls, expiryMs),
+        (tx) => insertCalls(tx, calls, expiryMs),
         () => true,
       )
+      const ids = results.map((r) => r.call.id)
       return reply.code(201).send({ success: true, data: { count: ids.length, ids } })
     },
   )
