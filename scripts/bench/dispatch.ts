@@ -1,9 +1,10 @@
+import { spawn } from 'node:child_process'
 import type { Kysely } from 'kysely'
 import { sql } from 'kysely'
 import type { DB } from '../../src/db.ts'
 import type { DialRecord, Simulator } from '../../src/simulator.ts'
 import { createInBatches } from './create.ts'
-import { watchRss } from './harness.ts'
+import { BENCH_WEBHOOK_SECRET, watchRss } from './harness.ts'
 import { median, percentile, round, sleep } from './stats.ts'
 
 // Benchmarks 3, 4, 5 and 7: the dispatcher against the simulator. Every time comes from the simulator's clock
@@ -64,6 +65,8 @@ export interface SlotResult {
   callsPerSec: number
   idealPerSec: number
   utilization: number
+  /** The same run with bench/bare-dialer.ts in the service's place: the bound the machine and simulator set. */
+  bare: { callsPerSec: number; utilization: number; refill: RefillGap }
   windowSec: number
   refill: RefillGap
   checks: RunChecks
@@ -89,24 +92,63 @@ export async function benchSlotUtilization(
 ): Promise<SlotResult> {
   const n = 3000
   const durationMs = 200
+  const idealPerSec = CAP / (durationMs / 1000)
   const rss = watchRss(pid)
   const run = await dispatchRun(serviceUrl, db, sim, n, durationMs)
   const mem = await rss.stop()
-  const first = Math.min(...run.dials.map((d) => d.receivedAt))
-  const last = Math.max(...run.dials.map((d) => d.finalAckedAt as number))
-  const windowSec = (last - first) / 1000
-  const idealPerSec = CAP / (durationMs / 1000)
+  const windowSec = activeWindowSec(run.dials)
   const callsPerSec = n / windowSec
+  const bareDials = await bareDialerRun(sim, n, durationMs)
+  const bareRate = n / activeWindowSec(bareDials)
   return {
     callsPerSec: round(callsPerSec),
     idealPerSec,
     utilization: round(callsPerSec / idealPerSec, 3),
+    bare: {
+      callsPerSec: round(bareRate),
+      utilization: round(bareRate / idealPerSec, 3),
+      refill: refillGap(bareDials, n),
+    },
     windowSec: round(windowSec, 2),
     refill: refillGap(run.dials, n),
     checks: run.checks,
     peakRssMb: mem.peakMb,
     rssMethod: mem.method,
   }
+}
+
+/** From the first dial the simulator received to the last final webhook acknowledged, in seconds. */
+function activeWindowSec(dials: DialRecord[]) {
+  const first = Math.min(...dials.map((d) => d.receivedAt))
+  const last = Math.max(...dials.map((d) => d.finalAckedAt as number))
+  return (last - first) / 1000
+}
+
+/** `n` calls through bench/bare-dialer.ts (its own process, as the service is) instead of the service. */
+async function bareDialerRun(sim: Simulator, n: number, callDurationMs: number): Promise<DialRecord[]> {
+  sim.configure({ callDurationMs })
+  sim.resetStats()
+  const child = spawn(process.execPath, ['scripts/bench/bare-dialer.ts'], {
+    env: {
+      PATH: process.env.PATH,
+      SIM_URL: sim.url,
+      WEBHOOK_SECRET: BENCH_WEBHOOK_SECRET,
+      CAP: String(CAP),
+      TOTAL: String(n),
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on('data', (d: Buffer) => {
+        if (d.toString().includes('done')) resolve()
+      })
+      child.once('exit', (code) => reject(new Error(`bare-dialer exited (${code}) before it was done`)))
+    })
+  } finally {
+    child.kill()
+  }
+  return sim.stats().dials.filter((d) => d.status === 202)
 }
 
 export function refillGap(dials: DialRecord[], n: number): RefillGap {
