@@ -12,6 +12,7 @@ import {
   cancelPendingCall,
   getCall,
   insertCalls,
+  insertCallsForIds,
   listCalls,
   listEvents,
   type NewCall,
@@ -250,13 +251,12 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             ),
           )
       }
-      const results = await withDueNow(
+      const ids = await withDueNow(
         db,
         wakeup,
-        (tx) => insertCalls(tx, calls, expiryMs),
+        (tx) => insertCallsForIds(tx, calls, expiryMs),
         () => true,
       )
-      const ids = results.map((r) => r.call.id)
       return reply.code(201).send({ success: true, data: { count: ids.length, ids } })
     },
   )

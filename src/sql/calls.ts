@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { type Kysely, sql } from 'kysely'
+import { type Kysely, type RawBuilder, sql } from 'kysely'
 import type { CallStatus } from '../call-state.ts'
 import type { Call, DB } from '../db.ts'
 
@@ -35,34 +35,8 @@ export async function insertCalls(
   calls: readonly NewCall[],
   expiryMs: number,
 ): Promise<CreateResult[]> {
-  // Ids are chosen here, so each input finds its row without relying on the order of RETURNING.
-  const input = calls.map((c) => ({
-    id: randomUUID(),
-    to_phone: c.toPhone,
-    script_id: c.scriptId,
-    metadata: c.metadata,
-    expires_at: c.expiresAt,
-    idempotency_key: c.idempotencyKey,
-    request_hash: c.requestHash,
-  }))
-  const { rows } = await sql<Call>`
-    with input as (
-      select * from jsonb_to_recordset(${JSON.stringify(input)}::jsonb) as t(
-        id uuid, to_phone text, script_id text, metadata jsonb, expires_at timestamptz,
-        idempotency_key text, request_hash text)
-    ), inserted as (
-      insert into calls (id, to_phone, script_id, metadata, expires_at, idempotency_key, request_hash)
-      select id, to_phone, script_id, metadata,
-             coalesce(expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8)), idempotency_key, request_hash
-        from input
-      on conflict (idempotency_key) where idempotency_key is not null do nothing
-      returning *
-    ), history as (
-      insert into call_events (call_id, attempt, kind, status)
-      select id, 0, 'CREATED', 'PENDING' from inserted
-    )
-    select * from inserted
-  `.execute(db)
+  const input = toInsertRows(calls)
+  const rows = await insertStatement<Call>(db, input, expiryMs, sql`*`)
   const created = new Map(rows.map((r) => [r.id, r]))
   const taken = input.filter((i) => !created.has(i.id)).map((i) => i.idempotency_key as string)
   // Keys already taken: ON CONFLICT waited for the other insert to commit, so those rows are visible now.
@@ -82,6 +56,60 @@ export async function insertCalls(
     if (!call) throw new Error(`call with idempotency key ${i.idempotency_key} was neither inserted nor found`)
     return call.request_hash === i.request_hash ? { kind: 'replayed', call } : { kind: 'key_reused', call }
   })
+}
+
+/**
+ * The batch endpoint's insert: calls without idempotency keys, all or none, answered with their ids in input order.
+ * Only the ids come back: reading 1,000 whole rows back (dates, JSON) took the benchmark from 26-29k to 22k calls/s.
+ */
+export async function insertCallsForIds(
+  db: Kysely<DB>,
+  calls: readonly NewCall[],
+  expiryMs: number,
+): Promise<string[]> {
+  const input = toInsertRows(calls)
+  await insertStatement<{ id: string }>(db, input, expiryMs, sql`id`)
+  return input.map((i) => i.id)
+}
+
+// Ids are chosen here, so each input finds its row without relying on the order of RETURNING.
+function toInsertRows(calls: readonly NewCall[]) {
+  return calls.map((c) => ({
+    id: randomUUID(),
+    to_phone: c.toPhone,
+    script_id: c.scriptId,
+    metadata: c.metadata,
+    expires_at: c.expiresAt,
+    idempotency_key: c.idempotencyKey,
+    request_hash: c.requestHash,
+  }))
+}
+
+async function insertStatement<R>(
+  db: Kysely<DB>,
+  input: ReturnType<typeof toInsertRows>,
+  expiryMs: number,
+  returning: RawBuilder<unknown>,
+): Promise<R[]> {
+  const { rows } = await sql<R>`
+    with input as (
+      select * from jsonb_to_recordset(${JSON.stringify(input)}::jsonb) as t(
+        id uuid, to_phone text, script_id text, metadata jsonb, expires_at timestamptz,
+        idempotency_key text, request_hash text)
+    ), inserted as (
+      insert into calls (id, to_phone, script_id, metadata, expires_at, idempotency_key, request_hash)
+      select id, to_phone, script_id, metadata,
+             coalesce(expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8)), idempotency_key, request_hash
+        from input
+      on conflict (idempotency_key) where idempotency_key is not null do nothing
+      returning *
+    ), history as (
+      insert into call_events (call_id, attempt, kind, status)
+      select id, 0, 'CREATED', 'PENDING' from inserted
+    )
+    select ${returning} from inserted
+  `.execute(db)
+  return rows
 }
 
 export async function getCall(db: Kysely<DB>, id: string): Promise<Call | undefined> {
