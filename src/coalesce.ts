@@ -2,8 +2,8 @@
  * Batches calls to `write`: items added while a write runs go together in the next one, so a burst costs a few
  * statements instead of one per item, and a lone item is written at once. Each add() settles with its own result.
  *
- * - `keyOf`: a batch holds at most one item per key (undefined: no key); a second item with the same key waits for the next batch
- *   (a set-based UPDATE cannot apply two reports to one row in one statement).
+ * - `keyOf`: a batch holds at most one item per key (undefined: no key); a second item with the same key waits for
+ *   the next batch (a set-based UPDATE cannot apply two reports to one row in one statement).
  * - When a batch of several items fails, each item is written again on its own, so one item the database refuses
  *   cannot fail the others with it.
  */

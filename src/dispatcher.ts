@@ -120,9 +120,9 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   }
 
   // When the next retry is due (performance.now() clock; undefined: none within pollMs), as last read. Under load
-  // the loop idles between bursts dozens of times a second, and a read per pause was a third of the dispatcher's
-  // statements; retries this process schedules wake it by themselves (queue.ts, dueLater), so a reading a quarter of
-  // a second old only delays the retries of other processes, and by less than their pg-boss wake-up would.
+  // the loop idles between bursts dozens of times a second, and a read per pause was one statement in seven in the
+  // slot benchmark; retries this process schedules wake it by themselves (queue.ts, dueLater), so a reading a quarter
+  // of a second old only delays the retries of other processes, and by less than their pg-boss wake-up would.
   let nextDue: { at: number | undefined; readAt: number } | undefined
 
   async function idleWait(): Promise<number> {
@@ -153,8 +153,8 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       if (!running) break
       // A claim that took fewer calls than it asked for filled every free slot or found nothing more due (rarely, a
       // backlog crowded with calls to phones already in a call hides a few due calls beyond the claim's window
-      // until the next notify or poll). Asking again at once would be an empty claim per burst: a third of all
-      // claims in the slot benchmark.
+      // until the next notify or poll). Asking again at once was an empty claim per burst: a quarter of all claims
+      // in the slot benchmark.
       if (more || wanted) continue
       // Back off while the database is down, so a restart is not met by a tight error loop. Otherwise sleep until
       // the next retry is due, the poll interval, or a notify(), whichever comes first.
