@@ -55,7 +55,7 @@ export async function installAuth(app: FastifyInstance, config: Config): Promise
   })
 
   // Security headers everywhere; the Swagger UI page needs inline styles and scripts of its own. The middleware is
-  // built once: @fastify/helmet built it anew for every request, which cost as much CPU as Fastify's own routing.
+  // built once: @fastify/helmet built it anew for every request, which cost as much CPU as all of Fastify's own code.
   const securityHeaders = helmet({
     contentSecurityPolicy: {
       directives: {

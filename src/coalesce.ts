@@ -4,12 +4,13 @@
  *
  * - `keyOf`: a batch holds at most one item per key (undefined: no key); a second item with the same key waits for
  *   the next batch (a set-based UPDATE cannot apply two reports to one row in one statement).
- * - When a batch of several items fails, each item is written again on its own, so one item the database refuses
- *   cannot fail the others with it.
+ * - `retryAlone`: when a batch of several items fails, each item is written again on its own, so one item the
+ *   database refuses cannot fail the others with it. Only for writes that are safe to repeat: a batch may fail after
+ *   part of its work committed.
  */
 export function coalesce<T, R>(
   write: (items: T[]) => Promise<R[]>,
-  opts: { maxBatch?: number; keyOf?: (item: T) => string | undefined } = {},
+  opts: { maxBatch?: number; keyOf?: (item: T) => string | undefined; retryAlone?: boolean } = {},
 ): (item: T) => Promise<R> {
   const maxBatch = opts.maxBatch ?? 500
   type Entry = { item: T; resolve: (r: R) => void; reject: (err: unknown) => void }
@@ -38,8 +39,11 @@ export function coalesce<T, R>(
       const results = await write(batch.map((e) => e.item))
       for (const [i, e] of batch.entries()) e.resolve(results[i] as R)
     } catch (err) {
-      if (batch.length === 1) return batch[0]?.reject(err ?? new Error('write failed'))
-      for (const e of batch) await run([e])
+      if (batch.length > 1 && opts.retryAlone) {
+        for (const e of batch) await run([e])
+        return
+      }
+      for (const e of batch) e.reject(err ?? new Error('write failed'))
     }
   }
 

@@ -35,7 +35,11 @@ const batchers = new WeakMap<Kysely<DB>, (input: EndAttemptInput) => Promise<End
 function batchedFor(db: Kysely<DB>) {
   let batched = batchers.get(db)
   if (!batched) {
-    batched = coalesce((inputs: EndAttemptInput[]) => endAttempts(db, inputs), { keyOf: (input) => input.callId })
+    batched = coalesce((inputs: EndAttemptInput[]) => endAttempts(db, inputs), {
+      keyOf: (input) => input.callId,
+      // every statement that ends an attempt is fenced, so ending one again changes nothing
+      retryAlone: true,
+    })
     batchers.set(db, batched)
   }
   return batched

@@ -34,17 +34,27 @@ describe('coalesce', () => {
     expect(batches).toEqual([['x0'], ['a1', 'b1', 'c1'], ['a2', 'd1'], ['a3']])
   })
 
-  it('writes the items of a failed batch one by one, so one bad item fails alone', async () => {
+  const refusing13 = (batches: number[][]) => async (items: number[]) => {
+    batches.push(items)
+    await tick()
+    if (items.includes(13)) throw new Error('refused 13')
+    return items
+  }
+
+  it('with retryAlone, writes the items of a failed batch one by one, so one bad item fails alone', async () => {
     const batches: number[][] = []
-    const add = coalesce(async (items: number[]) => {
-      batches.push(items)
-      await tick()
-      if (items.includes(13)) throw new Error('refused 13')
-      return items
-    })
+    const add = coalesce(refusing13(batches), { retryAlone: true })
     const results = await Promise.allSettled([1, 12, 13, 14].map((n) => add(n)))
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled'])
     expect((results[2] as PromiseRejectedResult).reason.message).toBe('refused 13')
     expect(batches).toEqual([[1], [12, 13, 14], [12], [13], [14]])
+  })
+
+  it('without it, fails every item of a failed batch and writes nothing again', async () => {
+    const batches: number[][] = []
+    const add = coalesce(refusing13(batches))
+    const results = await Promise.allSettled([1, 12, 13, 14].map((n) => add(n)))
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'rejected', 'rejected'])
+    expect(batches).toEqual([[1], [12, 13, 14]])
   })
 })

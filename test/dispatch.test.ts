@@ -57,6 +57,15 @@ describe('the global cap and one call per phone', () => {
       expect(sameDials[i]!.receivedAt).toBeGreaterThanOrEqual(sameDials[i - 1]!.finalSentAt as number)
     }
   })
+
+  it('claims with its plan pinned and never JIT-compiled (db/migrations/0004)', async () => {
+    // Before PostgreSQL 18 the pinned plan's cost crosses jit_above_cost: without jit = off a claim took 171 ms.
+    const { rows } = await sql<{ config: string[] }>`
+      select proconfig as config from pg_proc where proname = 'claim_due_calls'`.execute(t.db)
+    expect(rows[0]?.config).toEqual(
+      expect.arrayContaining(['enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'jit=off']),
+    )
+  })
 })
 
 describe('retries', () => {

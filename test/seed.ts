@@ -27,7 +27,7 @@ export async function callIn(
     ],
     3600_000,
   )
-  const id = (created as { call: { id: string } }).call.id
+  const id = created?.call.id as string
   const ago = `${o.ageSec ?? 0} seconds`
   await sql`
     update calls

@@ -172,6 +172,7 @@ const errors = { 400: errorRef, 404: errorRef, 409: errorRef, 422: errorRef }
 export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup }) => {
   const expiryMs = config.dispatch.callExpiryMs
   // Creates that arrive while one is being written go together in the next statement (sql/calls.ts insertCalls).
+  // A failed batch fails each of its creates: retried alone, a create without a key could be inserted twice.
   const createOne = coalesce(
     (calls: NewCall[]) =>
       withDueNow(

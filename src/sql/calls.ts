@@ -28,7 +28,7 @@ export type CreateResult =
  * not). At most one call per idempotency key in one statement. Results are in input order.
  *
  * Single creates that arrive together share a statement (routes/calls.ts): with 50 clients, one round trip and one
- * commit served about a dozen creates, where a statement each made PostgreSQL's commits the API's bound.
+ * commit served about 20 creates (54,123 in 2,668 statements, `npm run bench -- --only=create --profile`).
  */
 export async function insertCalls(
   db: Kysely<DB>,

@@ -12,9 +12,8 @@ import type { Call, DB } from '../db.ts'
 // Invariant: never two IN_PROGRESS calls to one phone. The claim skips phones that have one and takes one call per
 // phone; the partial unique index calls_one_live_call_per_phone enforces it regardless of this code.
 //
-// Lock and claim are the function claim_due_calls (db/migrations/0004), called in one round trip: as a transaction
-// of four (begin, lock, claim, commit) the claim cost three more socket writes and wake-ups on both sides, which on
-// this 2-core machine were a third of the time between a freed slot and its next dial (README, Performance).
+// Lock and claim are the function claim_due_calls (db/migrations/0004), called in one round trip; as a transaction
+// (begin, lock, claim, commit) a claim took four, each a socket write and a wake-up on both sides.
 
 export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): Promise<Call[]> {
   if (max <= 0) return []
@@ -25,8 +24,8 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
 /**
  * Milliseconds until the next PENDING call becomes due (a retry's backoff) if that is within `horizonMs`, else
  * undefined. Lets an idle dispatcher wake when a retry is due instead of at its next poll. Reads calls_dispatch_queue.
- * (An idle dispatcher asks this at every pause, dozens of times a second under load: the parameter makes it a
- * prepared statement, planned once per connection.)
+ * (The parameter also makes it a prepared statement, planned once per connection: src/db.ts prepares only statements
+ * with parameters.)
  */
 export async function msUntilNextDue(db: Kysely<DB>, horizonMs: number): Promise<number | undefined> {
   const { rows } = await sql<{ ms: number | null }>`
