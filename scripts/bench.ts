@@ -1,8 +1,8 @@
 import os from 'node:os'
 import path from 'node:path'
 import { sql } from 'kysely'
-import { createDb, createPool, type Database } from '../src/db.ts'
-import { startSimulator } from '../src/simulator.ts'
+import { createDb, createPool, type Database } from '../src/db/database.ts'
+import { startSimulator } from '../src/providers/simulator.ts'
 import { type BacklogResult, benchBacklog } from './bench/backlog.ts'
 import { type BatchCreateResult, benchBatchCreate, benchSingleCreate, type SingleCreateResult } from './bench/create.ts'
 import {

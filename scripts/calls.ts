@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util'
 import pg from 'pg'
-import { STATUSES } from '../src/call-state.ts'
+import { STATUSES } from '../src/dispatch/call-state.ts'
 
 // `npm run calls -- <command>`: the operator's recipes from a shell. It reads the views of migration 0003 and acts
 // only through its functions (retry_call, cancel_pending_calls), which change calls the way the service does.

@@ -1,4 +1,4 @@
-import { createDb, createPool, migrateToLatest } from '../src/db.ts'
+import { createDb, createPool, migrateToLatest } from '../src/db/database.ts'
 
 // `npm run migrate`: applies db/migrations to DATABASE_URL and exits. The service does the same at start-up; this is
 // for a rollout that migrates once, before any new process starts.

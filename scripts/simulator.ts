@@ -1,5 +1,5 @@
 import pino from 'pino'
-import { type SimOutcome, startSimulator } from '../src/simulator.ts'
+import { type SimOutcome, startSimulator } from '../src/providers/simulator.ts'
 
 // `npm run simulator`: the provider simulator on its own (compose runs it this way), configured from the environment.
 const env = process.env

@@ -1,7 +1,7 @@
 import { sql } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { CALL_ERRORS } from '../src/call-state.ts'
+import { CALL_ERRORS } from '../src/dispatch/call-state.ts'
 import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { callIn } from './seed.ts'

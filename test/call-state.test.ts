@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import { describe, expect, it } from 'vitest'
-import { endAttempt, retryDelayMs, STATUSES } from '../src/call-state.ts'
+import { endAttempt, retryDelayMs, STATUSES } from '../src/dispatch/call-state.ts'
 import { createTestDb } from './db.ts'
 
 const policy = { maxAttempts: 3, retryBaseDelayMs: 30_000, retryMaxDelayMs: 600_000 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
-import { coalesce } from '../src/coalesce.ts'
+import { coalesce } from '../src/db/coalesce.ts'
 
-// src/coalesce.ts: the batching that lets a burst of reports share one statement. Pure; the writes here are fakes
+// src/db/coalesce.ts: the batching that lets a burst of reports share one statement. Pure; the writes here are fakes
 // that record what they were given.
 
 const tick = () => new Promise<void>((r) => setImmediate(r))

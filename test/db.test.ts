@@ -1,10 +1,10 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createDb, createPool } from '../src/db.ts'
+import { createDb, createPool } from '../src/db/database.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { phone } from './helpers.ts'
 
-// The service's pool prepares statements that have parameters (src/db.ts). These pin down what that must not change.
+// The service's pool prepares statements that have parameters (src/db/database.ts). These pin down what that must not change.
 
 let t: TestDb
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { inject } from 'vitest'
-import { createDb, createPool, type Database } from '../src/db.ts'
+import { createDb, createPool, type Database } from '../src/db/database.ts'
 import { withDatabase } from './global-setup.ts'
 
 export interface TestDb {

@@ -4,8 +4,8 @@ import path from 'node:path'
 import pg from 'pg'
 import { PgBoss } from 'pg-boss'
 import type { TestProject } from 'vitest/node'
-import { createDb, createPool, migrateToLatest } from '../src/db.ts'
-import { type EmbeddedDb, freePort, startEmbeddedDb } from '../src/embedded-db.ts'
+import { createDb, createPool, migrateToLatest } from '../src/db/database.ts'
+import { type EmbeddedDb, freePort, startEmbeddedDb } from '../src/db/embedded.ts'
 
 // One PostgreSQL per run: TEST_DATABASE_URL when set (any database on the server; we create our own), otherwise an
 // embedded one in a temporary directory. A template database is migrated once, with pg-boss's schema, and each test

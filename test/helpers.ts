@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
-import { buildApp } from '../src/app.ts'
 import { type Config, loadConfig } from '../src/config.ts'
+import { createWakeup } from '../src/dispatch/wakeup.ts'
+import { buildApp } from '../src/http/app.ts'
 import { createLogger } from '../src/log.ts'
-import { createWakeup } from '../src/queue.ts'
 import type { TestDb } from './db.ts'
 
 export const log = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent', 'test')

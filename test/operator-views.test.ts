@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { type CallStatus, STATUSES } from '../src/call-state.ts'
+import { type CallStatus, STATUSES } from '../src/dispatch/call-state.ts'
 import { maskPhone } from '../src/phone.ts'
 import { readDispatchSettings, saveDispatchSettings } from '../src/sql/settings.ts'
 import { createTestDb, type TestDb } from './db.ts'

@@ -1,5 +1,5 @@
 import { sql } from 'kysely'
-import type { CallStatus } from '../src/call-state.ts'
+import type { CallStatus } from '../src/dispatch/call-state.ts'
 import { insertCalls } from '../src/sql/calls.ts'
 import type { TestDb } from './db.ts'
 import { phone } from './helpers.ts'

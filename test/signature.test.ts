@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { sign, verify } from '../src/signature.ts'
+import { sign, verify } from '../src/providers/signature.ts'
 
 const secret = 'whsec_test'
 const body = '{"callId":"sim_1","status":"COMPLETED"}'

@@ -1,8 +1,8 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { verify } from '../src/signature.ts'
-import { type Simulator, type SimulatorOptions, startSimulator } from '../src/simulator.ts'
+import { verify } from '../src/providers/signature.ts'
+import { type Simulator, type SimulatorOptions, startSimulator } from '../src/providers/simulator.ts'
 
 // The provider simulator alone, against a real loopback webhook receiver: no database, no orchestrator.
 

@@ -1,7 +1,7 @@
 import { sql } from 'kysely'
-import type { Call } from '../src/db.ts'
+import type { Call } from '../src/db/database.ts'
+import { type Simulator, type SimulatorOptions, startSimulator } from '../src/providers/simulator.ts'
 import { type Service, startService } from '../src/service.ts'
-import { type Simulator, type SimulatorOptions, startSimulator } from '../src/simulator.ts'
 import type { TestDb } from './db.ts'
 import { log, testConfig, waitFor } from './helpers.ts'
 

@@ -76,7 +76,7 @@ const COLUMN_COMMENTS: Record<string, string> = {
   to_phone: 'Destination in E.164, e.g. +966501234567.',
   script_id: 'Which AI agent script the provider runs.',
   metadata: 'Client data passed to the provider unchanged (JSON object, at most 16 KiB).',
-  status: 'PENDING | IN_PROGRESS | COMPLETED | FAILED | EXPIRED | CANCELED (src/call-state.ts).',
+  status: 'PENDING | IN_PROGRESS | COMPLETED | FAILED | EXPIRED | CANCELED (src/dispatch/call-state.ts).',
   attempts: 'Dials the provider accepted or failed so far; a 429 does not count.',
   last_error: 'Why the last attempt failed: {"code", "message"}; null when none failed.',
   provider_call_id: "The provider's id for the current attempt.",

@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely'
 import pg from 'pg'
-import type { DB } from '../../src/db.ts'
+import type { DB } from '../../src/db/database.ts'
 import { claimDueCalls } from '../../src/sql/claim.ts'
 import { createInBatches } from './create.ts'
 import { CAP } from './dispatch.ts'

@@ -1,6 +1,6 @@
 import http from 'node:http'
 import { Pool } from 'undici'
-import { SIGNATURE_HEADER, verify } from '../../src/signature.ts'
+import { SIGNATURE_HEADER, verify } from '../../src/providers/signature.ts'
 
 // A reference for benchmark 3: the least work an orchestrator can do per call on this machine. Keeps CAP dials to
 // the simulator in flight and, for each verified final webhook, answers 200 and dials the next call at once. No

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
-import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/embedded-db.ts'
+import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/db/embedded.ts'
 import { sleep } from './stats.ts'
 
 // What every benchmark stands on: one embedded PostgreSQL with default durability settings (fsync and

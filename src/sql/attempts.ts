@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely'
-import { type AttemptEnd, CALL_ERRORS, type CallStatus } from '../call-state.ts'
-import type { DB } from '../db.ts'
+import type { DB } from '../db/database.ts'
+import { type AttemptEnd, CALL_ERRORS, type CallStatus } from '../dispatch/call-state.ts'
 
 // Invariant: an attempt ends once. Every statement here is fenced on (id, status = 'IN_PROGRESS', attempts =
 // attempt), so a duplicate, late or out-of-order report matches no row: it is recorded in call_events and changes

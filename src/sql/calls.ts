@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Kysely, type RawBuilder, sql } from 'kysely'
-import type { CallStatus } from '../call-state.ts'
-import type { Call, DB } from '../db.ts'
+import type { Call, DB } from '../db/database.ts'
+import type { CallStatus } from '../dispatch/call-state.ts'
 
 // Client-facing statements on calls. Each state change is one statement fenced on the status it leaves (so a call
 // the dispatcher claims between a client's read and write is never changed) and writes its call_events row in the

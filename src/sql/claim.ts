@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely'
-import type { Call, DB } from '../db.ts'
+import type { Call, DB } from '../db/database.ts'
 
 // Invariant: at most `cap` calls are IN_PROGRESS, across every process that shares the database.
 //
@@ -24,7 +24,7 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
 /**
  * Milliseconds until the next PENDING call becomes due (a retry's backoff) if that is within `horizonMs`, else
  * undefined. Lets an idle dispatcher wake when a retry is due instead of at its next poll. Reads calls_dispatch_queue.
- * (The parameter also makes it a prepared statement, planned once per connection: src/db.ts prepares only statements
+ * (The parameter also makes it a prepared statement, planned once per connection: src/db/database.ts prepares only statements
  * with parameters.)
  */
 export async function msUntilNextDue(db: Kysely<DB>, horizonMs: number): Promise<number | undefined> {

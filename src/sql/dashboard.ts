@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely'
-import type { DB } from '../db.ts'
+import type { DB } from '../db/database.ts'
 
 // The dashboard's two reads, each one statement. Read-only; phones leave the database masked (mask_phone, 0003).
 // The per-minute series reads call_events through call_events_recent (created_at): 30 minutes of events, not the

@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely'
-import type { DB } from '../db.ts'
+import type { DB } from '../db/database.ts'
 
 export interface CallSnapshot {
   byStatus: Record<string, number>

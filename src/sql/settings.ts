@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely'
-import type { DB } from '../db.ts'
+import type { DB } from '../db/database.ts'
 
 // dispatch_settings (migration 0003) holds the runtime settings SQL needs to read: the cap, for call_overview and
 // the metrics. Each process that dispatches writes its own configuration at start-up; the last one started wins,

@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely'
-import { CALL_ERRORS } from '../call-state.ts'
-import type { DB } from '../db.ts'
+import type { DB } from '../db/database.ts'
+import { CALL_ERRORS } from '../dispatch/call-state.ts'
 
 // Invariant: every call reaches a final status. Two clocks close the gaps that no event closes:
 // - a PENDING call past expires_at is never dialed (claim.ts skips it) and becomes EXPIRED here;

@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely'
-import { coalesce } from './coalesce.ts'
-import type { DB } from './db.ts'
-import type { Wakeup } from './queue.ts'
-import { type EndAttemptInput, type EndAttemptResult, endAttempt, endAttempts } from './sql/attempts.ts'
+import { coalesce } from '../db/coalesce.ts'
+import type { DB } from '../db/database.ts'
+import { type EndAttemptInput, type EndAttemptResult, endAttempt, endAttempts } from '../sql/attempts.ts'
+import type { Wakeup } from './wakeup.ts'
 
 /**
  * Ends an attempt (from a webhook or a dial result) and passes the freed slot on. Applying the outcome, freeing the

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { sql } from 'kysely'
 import { Type } from 'typebox'
-import type { AppDeps } from '../app.ts'
-import { STATUSES } from '../call-state.ts'
-import type { Metrics as PromMetrics } from '../metrics.ts'
-import { callSnapshot } from '../sql/metrics.ts'
+import { STATUSES } from '../../dispatch/call-state.ts'
+import type { Metrics as PromMetrics } from '../../ops/metrics.ts'
+import { callSnapshot } from '../../sql/metrics.ts'
+import type { AppDeps } from '../deps.ts'
 
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
 

@@ -1,14 +1,14 @@
 import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
+import { coalesce } from '../db/coalesce.ts'
+import type { Call, DB } from '../db/database.ts'
+import type { DialResult, Provider } from '../providers/generic.ts'
+import { type AcceptedDial, type EndAttemptResult, recordDialsAccepted } from '../sql/attempts.ts'
+import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
+import { expireOverdueCalls, timeOutSilentCalls } from '../sql/sweep.ts'
 import { type AttemptEnd, endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
-import { coalesce } from './coalesce.ts'
-import type { Call, DB } from './db.ts'
-import type { DialResult, Provider } from './provider.ts'
-import type { Wakeup } from './queue.ts'
 import { settleAttempt } from './settle.ts'
-import { type AcceptedDial, type EndAttemptResult, recordDialsAccepted } from './sql/attempts.ts'
-import { claimDueCalls, msUntilNextDue } from './sql/claim.ts'
-import { expireOverdueCalls, timeOutSilentCalls } from './sql/sweep.ts'
+import type { Wakeup } from './wakeup.ts'
 
 // The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),
 // so any number of processes can run this loop against one database. notify() cuts the idle wait short when a

@@ -1,13 +1,11 @@
 import { createHash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
-import type { AppDeps } from '../app.ts'
-import { STATUSES } from '../call-state.ts'
-import { coalesce } from '../coalesce.ts'
-import type { Call } from '../db.ts'
-import { type ApiError, apiError, errorBody, errorRef } from '../http-errors.ts'
-import { normalizePhone } from '../phone.ts'
-import { withDueNow } from '../queue.ts'
+import { coalesce } from '../../db/coalesce.ts'
+import type { Call } from '../../db/database.ts'
+import { STATUSES } from '../../dispatch/call-state.ts'
+import { withDueNow } from '../../dispatch/wakeup.ts'
+import { normalizePhone } from '../../phone.ts'
 import {
   cancelPendingCall,
   getCall,
@@ -18,7 +16,9 @@ import {
   type NewCall,
   type PendingChange,
   updatePendingCall,
-} from '../sql/calls.ts'
+} from '../../sql/calls.ts'
+import type { AppDeps } from '../deps.ts'
+import { type ApiError, apiError, errorBody, errorRef } from '../errors.ts'
 
 // ---- schemas ----
 const METADATA_MAX_BYTES = 16 * 1024

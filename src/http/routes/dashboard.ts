@@ -1,11 +1,11 @@
 import { readFile } from 'node:fs/promises'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import type { AppDeps } from '../app.ts'
-import { cachedFor } from '../cached.ts'
-import { DASHBOARD_MINUTES, dashboardState, recentCalls } from '../sql/dashboard.ts'
+import { cachedFor } from '../../ops/cached.ts'
+import { DASHBOARD_MINUTES, dashboardState, recentCalls } from '../../sql/dashboard.ts'
+import type { AppDeps } from '../deps.ts'
 
-// The live dashboard: a static page (src/dashboard/, no build step) that polls GET /api/v1/dashboard. The JSON is
+// The live dashboard: a static page (src/ops/dashboard/, no build step) that polls GET /api/v1/dashboard. The JSON is
 // computed at most once a second whatever the number of open pages. The page is open; its data is client API (an
 // API key when API_KEYS is set: the page asks for one and keeps it for the browser tab).
 
@@ -73,7 +73,7 @@ const ASSETS = {
 } as const
 
 export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config }) => {
-  const dir = new URL('../dashboard/', import.meta.url)
+  const dir = new URL('../../ops/dashboard/', import.meta.url)
   for (const [url, asset] of Object.entries(ASSETS)) {
     const body = await readFile(new URL(asset.file, dir))
     app.get(url, { schema: { hide: true } }, async (_req, reply) =>

@@ -1,17 +1,17 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import type { AppDeps } from '../app.ts'
 import {
   endAttempt as decideEnd,
   isFinalProviderStatus,
   PROVIDER_FINAL,
   PROVIDER_PROGRESS,
   webhookError,
-} from '../call-state.ts'
-import { apiError, errorBody, errorRef } from '../http-errors.ts'
-import { settleAttempt } from '../settle.ts'
-import { SIGNATURE_HEADER, verify } from '../signature.ts'
-import { findByProviderCallId, recordProgress } from '../sql/attempts.ts'
+} from '../../dispatch/call-state.ts'
+import { settleAttempt } from '../../dispatch/settle.ts'
+import { SIGNATURE_HEADER, verify } from '../../providers/signature.ts'
+import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
+import type { AppDeps } from '../deps.ts'
+import { apiError, errorBody, errorRef } from '../errors.ts'
 
 // The provider's webhook. Registered as its own plugin so that its JSON parser, which keeps the raw bytes for the
 // signature, applies to this route only.

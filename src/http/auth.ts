@@ -2,8 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import helmet from 'helmet'
-import type { Config } from './config.ts'
-import { apiError, errorBody } from './http-errors.ts'
+import type { Config } from '../config.ts'
+import { apiError, errorBody } from './errors.ts'
 
 // Who may use the client API, and how fast. Every /api/v1 route needs `Authorization: Bearer <key>` when API_KEYS
 // is set, except the provider webhook, which carries its own signature. /health, /metrics and /docs stay open.

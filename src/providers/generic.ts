@@ -1,5 +1,5 @@
 import { Pool } from 'undici'
-import { CALL_ERRORS, type CallError } from './call-state.ts'
+import { CALL_ERRORS, type CallError } from '../dispatch/call-state.ts'
 
 // The AI voice provider's dial endpoint. dial() never throws: every answer, timeout or socket error becomes one
 // of four results that call-state.ts knows how to end an attempt with.

@@ -4,29 +4,14 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify'
-import type { Kysely } from 'kysely'
-import type { Logger } from 'pino'
+import { createMetrics } from '../ops/metrics.ts'
 import { installAuth } from './auth.ts'
-import type { Config } from './config.ts'
-import type { DB } from './db.ts'
-import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './http-errors.ts'
-import { createMetrics, type Metrics } from './metrics.ts'
-import type { Wakeup } from './queue.ts'
+import type { AppDeps } from './deps.ts'
+import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './errors.ts'
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
 import { opsRoutes } from './routes/ops.ts'
-
-export interface AppDeps {
-  config: Config
-  db: Kysely<DB>
-  log: Logger
-  wakeup: Wakeup
-  /** False on ROLE=worker: only health, metrics and webhooks are served. */
-  clientApi?: boolean
-  /** Prometheus registry and event observer; buildApp makes its own when none is given. */
-  metrics?: Metrics
-}
 
 export const BODY_LIMIT = 64 * 1024
 

@@ -1,11 +1,11 @@
 import type { Kysely } from 'kysely'
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import type { DB } from '../db/database.ts'
+import { type AttemptEnd, STATUSES } from '../dispatch/call-state.ts'
+import type { DialResult } from '../providers/generic.ts'
+import type { EndAttemptResult } from '../sql/attempts.ts'
+import { type CallSnapshot, callSnapshot } from '../sql/metrics.ts'
 import { cachedFor } from './cached.ts'
-import { type AttemptEnd, STATUSES } from './call-state.ts'
-import type { DB } from './db.ts'
-import type { DialResult } from './provider.ts'
-import type { EndAttemptResult } from './sql/attempts.ts'
-import { type CallSnapshot, callSnapshot } from './sql/metrics.ts'
 
 // Prometheus metrics of one process, in a registry of its own (tests build several apps in one process).
 // Two kinds of values:

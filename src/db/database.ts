@@ -5,7 +5,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { type ColumnType, type Generated, Kysely, PostgresDialect, type Selectable } from 'kysely'
 import { FileMigrationProvider, Migrator } from 'kysely/migration'
 import pg from 'pg'
-import type { CallStatus } from './call-state.ts'
+import type { CallStatus } from '../dispatch/call-state.ts'
 
 // timestamptz and bigint arrive as strings by default; bigint ids of call_events stay strings (they exceed 2^53
 // only in theory), counts are cast to int in SQL.
@@ -101,7 +101,7 @@ export function createDb(pool: pg.Pool): Database {
   return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
 }
 
-export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../db/migrations')
+export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../db/migrations')
 
 /**
  * Brings the schema to the latest migration. Safe when several instances start at once: Kysely's Migrator holds a

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely'
 import { fromKysely, PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
-import type { DB } from './db.ts'
+import type { DB } from '../db/database.ts'
 
 // pg-boss carries wake-ups for the dispatchers: "calls may be due" now (published in the same transaction as the
 // rows, so there is no wake-up without its rows and no rows without a wake-up) or at a retry's next_attempt_at.

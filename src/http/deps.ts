@@ -1,0 +1,19 @@
+import type { Kysely } from 'kysely'
+import type { Logger } from 'pino'
+import type { Config } from '../config.ts'
+import type { DB } from '../db/database.ts'
+import type { Wakeup } from '../dispatch/wakeup.ts'
+import type { Metrics } from '../ops/metrics.ts'
+
+// What buildApp and every route plugin receive: the composition root (service.ts) or a test builds it.
+
+export interface AppDeps {
+  config: Config
+  db: Kysely<DB>
+  log: Logger
+  wakeup: Wakeup
+  /** False on ROLE=worker: only health, metrics and webhooks are served. */
+  clientApi?: boolean
+  /** Prometheus registry and event observer; buildApp makes its own when none is given. */
+  metrics?: Metrics
+}
