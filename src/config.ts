@@ -9,7 +9,7 @@ const Int = (def: number, min: number, max: number, description: string) =>
 const Text = (description: string) => Type.Optional(Type.String({ minLength: 1, description }))
 const Url = (description: string) => Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description }))
 
-const SIM_OUTCOME = '(COMPLETED|FAILED|BUSY|NO_ANSWER|NO_WEBHOOK)'
+const SIM_OUTCOME = '(COMPLETED|FAILED|BUSY|NO_ANSWER|VOICEMAIL|NO_WEBHOOK)'
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
 

@@ -31,7 +31,7 @@ const report = (
   callId,
   attempt,
   end,
-  eventKind: 'WEBHOOK',
+  eventKind: 'WEBHOOK' as const,
   detail: { providerCallId: `sim_${callId.slice(0, 4)}` },
 })
 

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import { describe, expect, it } from 'vitest'
-import { endAttempt, retryDelayMs, STATUSES } from '../src/dispatch/call-state.ts'
+import { EVENT_KINDS, endAttempt, retryDelayMs, STATUSES } from '../src/dispatch/call-state.ts'
 import { createTestDb } from './db.ts'
 
 const policy = { maxAttempts: 3, retryBaseDelayMs: 30_000, retryMaxDelayMs: 600_000 }
@@ -67,6 +67,18 @@ describe('the calls table', () => {
       `.execute(t.db)
       const listed = [...(rows[0]?.def ?? '').matchAll(/'([A-Z_]+)'::text/g)].map((m) => m[1])
       expect(new Set(listed)).toEqual(new Set(STATUSES))
+    } finally {
+      await t.drop()
+    }
+  })
+  it('knows exactly the history kinds of call-state.ts in call_event_kinds', async () => {
+    const t = await createTestDb()
+    try {
+      const { rows } = await sql<{ kind: string }>`select kind from call_event_kinds`.execute(t.db)
+      expect(new Set(rows.map((r) => r.kind))).toEqual(new Set(EVENT_KINDS))
+      await expect(
+        sql`insert into call_events (call_id, attempt, kind) values (gen_random_uuid(), 0, 'NOT_A_KIND')`.execute(t.db),
+      ).rejects.toThrow(/call_events_kind_known|foreign key/)
     } finally {
       await t.drop()
     }

@@ -5,7 +5,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { type ColumnType, type Generated, Kysely, PostgresDialect, type Selectable } from 'kysely'
 import { FileMigrationProvider, Migrator } from 'kysely/migration'
 import pg from 'pg'
-import type { CallStatus } from '../dispatch/call-state.ts'
+import type { CallStatus, EventKind, ProviderFinal } from '../dispatch/call-state.ts'
 
 // timestamptz and bigint arrive as strings by default; bigint ids of call_events stay strings (they exceed 2^53
 // only in theory), counts are cast to int in SQL.
@@ -22,6 +22,8 @@ export interface CallsTable {
   status: Generated<CallStatus>
   attempts: Generated<number>
   last_error: { code: string; message: string } | null
+  last_outcome: Generated<ProviderFinal | null>
+  reported_attempt: Generated<number | null>
   provider_call_id: string | null
   next_attempt_at: DefaultTimestamp
   created_at: DefaultTimestamp
@@ -38,7 +40,7 @@ export interface CallEventsTable {
   id: Generated<string>
   call_id: string
   attempt: number
-  kind: string
+  kind: EventKind
   status: string | null
   detail: ColumnType<Record<string, unknown>, string | Record<string, unknown> | undefined, never>
   created_at: DefaultTimestamp

@@ -17,8 +17,33 @@ export const TRANSITIONS = {
   lateOutcome: { from: 'FAILED', to: ['COMPLETED', 'FAILED'] },
 } as const
 
-/** Webhook statuses from the provider. RINGING and IN_PROGRESS only report progress. */
-export const PROVIDER_FINAL = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER'] as const
+/**
+ * What call_events.kind may say, one per row of call_event_kinds (migration 0005 and later ones add rows; a test
+ * compares the two). Write history through these names, never bare strings.
+ */
+export const EVENT_KINDS = [
+  'CREATED',
+  'UPDATED',
+  'CANCELED',
+  'CLAIMED',
+  'DIAL_ACCEPTED',
+  'DIAL_FAILED',
+  'DIAL_REJECTED',
+  'DIAL_THROTTLED',
+  'DIAL_UNKNOWN',
+  'DIAL_UNAUTHORIZED',
+  'WEBHOOK',
+  'EXPIRED',
+  'TIMED_OUT',
+  'RETRY_REQUESTED',
+] as const
+export type EventKind = (typeof EVENT_KINDS)[number]
+
+/**
+ * Webhook statuses from the provider. RINGING and IN_PROGRESS only report progress. A final one is also the call's
+ * last_outcome: VOICEMAIL is an outcome of its own (retried like NO_ANSWER), not a completed call.
+ */
+export const PROVIDER_FINAL = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'VOICEMAIL'] as const
 export const PROVIDER_PROGRESS = ['RINGING', 'IN_PROGRESS'] as const
 export type ProviderFinal = (typeof PROVIDER_FINAL)[number]
 export type ProviderStatus = ProviderFinal | (typeof PROVIDER_PROGRESS)[number]
@@ -32,6 +57,7 @@ export const CALL_ERRORS = {
   providerFailed: 'PROVIDER_FAILED', // webhook FAILED
   busy: 'BUSY',
   noAnswer: 'NO_ANSWER',
+  voicemail: 'VOICEMAIL',
   dialError: 'DIAL_ERROR', // 5xx, timeout or connection error while dialing
   dialRejected: 'DIAL_REJECTED', // a 4xx other than 429: the provider will never accept this call
   timeout: 'CALL_TIMEOUT', // no final webhook within CALL_TIMEOUT_MS
@@ -102,6 +128,12 @@ export function endAttempt(
 
 export function webhookError(status: ProviderFinal, detail: string | undefined): CallError {
   const code =
-    status === 'BUSY' ? CALL_ERRORS.busy : status === 'NO_ANSWER' ? CALL_ERRORS.noAnswer : CALL_ERRORS.providerFailed
+    status === 'BUSY'
+      ? CALL_ERRORS.busy
+      : status === 'NO_ANSWER'
+        ? CALL_ERRORS.noAnswer
+        : status === 'VOICEMAIL'
+          ? CALL_ERRORS.voicemail
+          : CALL_ERRORS.providerFailed
   return { code, message: detail ?? `provider reported ${status}` }
 }

@@ -100,7 +100,9 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
         return
       }
       const end = decideEnd(o.policy, attempt, result)
-      const eventKind = { failed: 'DIAL_FAILED', rejected: 'DIAL_REJECTED', throttled: 'DIAL_THROTTLED' }[result.kind]
+      const eventKind = ({ failed: 'DIAL_FAILED', rejected: 'DIAL_REJECTED', throttled: 'DIAL_THROTTLED' } as const)[
+        result.kind
+      ]
       const settled = await settleAttempt(o.db, o.wakeup, {
         callId: call.id,
         attempt,

@@ -10,7 +10,7 @@ import { sign } from './signature.ts'
 // webhook, signed and retried like a real provider would. It also watches the orchestrator: how many calls it has
 // in progress (maxActive), whether two overlap on one phone, whether an attempt is dialed twice.
 
-export type SimOutcome = 'COMPLETED' | 'FAILED' | 'BUSY' | 'NO_ANSWER' | 'NO_WEBHOOK'
+export type SimOutcome = 'COMPLETED' | 'FAILED' | 'BUSY' | 'NO_ANSWER' | 'VOICEMAIL' | 'NO_WEBHOOK'
 export type DialFault =
   | { kind: 'none' }
   | { kind: 'error'; status: number } // e.g. 500, 503: answer that status, start nothing
@@ -69,11 +69,12 @@ export interface Simulator {
 
 type Dial = { to: string; scriptId: string; webhookUrl: string }
 
-const OUTCOMES: readonly SimOutcome[] = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'NO_WEBHOOK']
+const OUTCOMES: readonly SimOutcome[] = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'VOICEMAIL', 'NO_WEBHOOK']
 const ERRORS: Partial<Record<SimOutcome, string>> = {
   FAILED: 'agent error',
   BUSY: 'line busy',
   NO_ANSWER: 'no answer',
+  VOICEMAIL: 'reached voicemail',
 }
 const MAX_BODY_BYTES = 64 * 1024
 const now = () => performance.timeOrigin + performance.now()

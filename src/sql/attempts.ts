@@ -1,6 +1,12 @@
 import { type Kysely, sql } from 'kysely'
 import type { DB } from '../db/database.ts'
-import { type AttemptEnd, CALL_ERRORS, type CallStatus } from '../dispatch/call-state.ts'
+import {
+  type AttemptEnd,
+  CALL_ERRORS,
+  type CallStatus,
+  type EventKind,
+  type ProviderFinal,
+} from '../dispatch/call-state.ts'
 
 // Invariant: an attempt ends once. Every statement here is fenced on (id, status = 'IN_PROGRESS', attempts =
 // attempt), so a duplicate, late or out-of-order report matches no row: it is recorded in call_events and changes
@@ -46,7 +52,9 @@ export interface EndAttemptInput {
   attempt: number
   end: AttemptEnd
   /** call_events.kind of the report that ended the attempt, e.g. WEBHOOK or DIAL_FAILED. */
-  eventKind: string
+  eventKind: EventKind
+  /** The provider's final outcome, when the report is one (webhook, reconciliation): becomes calls.last_outcome. */
+  outcome?: ProviderFinal
   /** call_events.status: the provider's status for a webhook. */
   eventStatus?: string
   detail?: Record<string, unknown>
@@ -108,6 +116,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
       // A late outcome can only end the call: a retry would dial a phone that may already have been called.
       late_status: end.next === 'COMPLETED' ? 'COMPLETED' : 'FAILED',
       duration_sec: input.durationSec ?? null,
+      outcome: input.outcome ?? null,
       event_kind: input.eventKind,
       event_status: input.eventStatus ?? end.next,
       detail: input.detail ?? {},
@@ -122,7 +131,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     with report as (
       select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
         ord int, call_id uuid, attempt int, next text, refund int, delay_sec float8, error jsonb,
-        late_status text, duration_sec int, event_kind text, event_status text, detail jsonb)
+        late_status text, duration_sec int, outcome text, event_kind text, event_status text, detail jsonb)
     ), target as (
       select r.ord, c.id, c.status, c.attempts
         from calls c join report r on r.call_id = c.id
@@ -138,6 +147,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
                                     then now() + make_interval(secs => r.delay_sec) else c.next_attempt_at end,
              ended_at        = case when r.next = 'PENDING' then null else now() end,
              last_error      = r.error,
+             last_outcome    = coalesce(r.outcome, c.last_outcome),
              duration_sec    = coalesce(r.duration_sec, c.duration_sec)
         from report r join locked l on l.id = r.call_id
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
@@ -145,6 +155,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     ), late as (
       update calls c
          set status = r.late_status, ended_at = now(), last_error = r.error,
+             last_outcome = coalesce(r.outcome, c.last_outcome),
              duration_sec = coalesce(r.duration_sec, c.duration_sec)
         from report r join locked l on l.id = r.call_id
        where c.id = r.call_id and c.status = 'FAILED' and c.attempts = r.attempt

@@ -120,6 +120,7 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         end,
         eventKind: 'WEBHOOK',
         eventStatus: body.status,
+        outcome: body.status,
         detail,
         durationSec: body.durationSec ?? null,
       })

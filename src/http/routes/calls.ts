@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
 import { coalesce } from '../../db/coalesce.ts'
 import type { Call } from '../../db/database.ts'
-import { STATUSES } from '../../dispatch/call-state.ts'
+import { PROVIDER_FINAL, STATUSES } from '../../dispatch/call-state.ts'
 import { withDueNow } from '../../dispatch/wakeup.ts'
 import { normalizePhone } from '../../phone.ts'
 import {
@@ -73,6 +73,9 @@ const CallJson = Type.Object({
   status: Status,
   attempts: Type.Integer(),
   lastError: Nullable(Type.Object({ code: Type.String(), message: Type.String() })),
+  lastOutcome: Nullable(
+    Type.Enum(PROVIDER_FINAL, { description: "The provider's outcome of the last attempt that reported one" }),
+  ),
   providerCallId: Nullable(Type.String()),
   durationSec: Nullable(Type.Integer()),
   createdAt: Timestamp,
@@ -103,6 +106,7 @@ export function toCallJson(c: Call): Static<typeof CallJson> {
     status: c.status,
     attempts: c.attempts,
     lastError: c.last_error,
+    lastOutcome: c.last_outcome,
     providerCallId: c.provider_call_id,
     durationSec: c.duration_sec,
     createdAt: iso(c.created_at) as string,
