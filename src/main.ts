@@ -1,5 +1,6 @@
 import closeWithGrace from 'close-with-grace'
 import { ConfigError, loadConfig } from './config.ts'
+import { EmbeddedDbError } from './db/embedded.ts'
 import { createLogger } from './log.ts'
 import { startService } from './service.ts'
 
@@ -22,6 +23,11 @@ let service: Awaited<ReturnType<typeof startService>>
 try {
   service = await startService(config, log)
 } catch (err) {
+  // A failure the operator can act on is one sentence on stderr; anything else is a bug and keeps its stack.
+  if (err instanceof EmbeddedDbError) {
+    console.error(`could not start: ${err.message}`)
+    process.exit(1)
+  }
   log.fatal({ err }, 'could not start')
   process.exit(1)
 }

@@ -37,7 +37,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       database: 'orchestrator',
     })
     log.info(
-      { dir: config.embeddedPg.dir, port: config.embeddedPg.port },
+      { dir: config.embeddedPg.dir, dataDir: embedded.dataDir, port: config.embeddedPg.port },
       'DATABASE_URL is not set: started the embedded PostgreSQL',
     )
   }

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { sql } from 'kysely'
@@ -28,6 +28,7 @@ afterAll(async () => {
 describe('a PostgreSQL restart', () => {
   it('is survived without losing a call', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'orchestrator-restart-'))
+    await chmod(dir, 0o755) // reachable by the `postgres` user when run as root
     const port = await freePort()
     const start = () =>
       startEmbeddedDb({ dir: path.join(dir as string, 'pg'), port, database: 'restart', persistent: true })
