@@ -19,6 +19,10 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   ROLE: Type.Enum(['all', 'api', 'worker'], { default: 'all' }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  LOG_FORMAT: Type.Enum(['auto', 'json', 'pretty'], {
+    default: 'auto',
+    description: 'auto: readable lines when stdout is a terminal, JSON lines otherwise',
+  }),
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'PostgreSQL URL' })),
   DB_HOST: Text('legacy: host, used when DATABASE_URL is unset'),
   DB_PORT: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
@@ -54,6 +58,8 @@ export interface Config {
   host: string
   role: Env['ROLE']
   logLevel: string
+  /** auto: pretty when stdout is a TTY (decided in main.ts, which owns stdout). */
+  logFormat: Env['LOG_FORMAT']
   /** Undefined: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
   dbPoolMax: number
@@ -120,6 +126,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     host: env.HOST,
     role: env.ROLE,
     logLevel: env.LOG_LEVEL,
+    logFormat: env.LOG_FORMAT,
     databaseUrl: env.DATABASE_URL ?? legacyDatabaseUrl(env),
     dbPoolMax: env.DB_POOL_MAX,
     embeddedPg: { port: env.EMBEDDED_PG_PORT, dir: env.EMBEDDED_PG_DIR },

@@ -15,7 +15,8 @@ try {
   process.exit(1)
 }
 
-const log = createLogger(config.logLevel)
+const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && process.stdout.isTTY === true)
+const log = createLogger(config.logLevel, undefined, undefined, pretty ? 'pretty' : 'json')
 if (config.apiKeys.length === 0) log.warn('API_KEYS is not set: the client API accepts requests without a key')
 if (!config.webhook.secret) log.warn('WEBHOOK_SECRET is not set: webhooks are accepted unsigned')
 
