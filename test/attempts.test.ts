@@ -1,22 +1,16 @@
 import { sql } from 'kysely'
 import pg from 'pg'
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { beforeEach, describe, expect, it } from 'vitest'
 import { CALL_ERRORS } from '../src/dispatch/call-state.ts'
 import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
-import { createTestDb, type TestDb } from './db.ts'
+import { useTestDb } from './kit.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
 
 // src/sql/attempts.ts against PostgreSQL: several reports ended in one statement, each fenced on its own.
 
-let t: TestDb
+const t = useTestDb()
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })

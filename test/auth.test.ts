@@ -1,18 +1,16 @@
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance
 
 beforeAll(async () => {
-  t = await createTestDb()
   app = await apiOnly(t, { API_KEYS: 'key-one,key-two', RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '60000' })
 })
 afterAll(async () => {
   await app.close()
-  await t.drop()
 })
 
 const list = (authorization?: string) =>

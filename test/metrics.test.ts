@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createDb, createPool } from '../src/db/database.ts'
 import { freePort } from '../src/db/embedded.ts'
 import { createMetrics, DIAL_RESULTS, dialResultLabel } from '../src/ops/metrics.ts'
@@ -8,21 +8,15 @@ import { createProvider } from '../src/providers/generic.ts'
 import { sign } from '../src/providers/signature.ts'
 import { type DialFault, startSimulator } from '../src/providers/simulator.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { type Family, parsePrometheusText, sampleValue } from './prometheus-text.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance | undefined
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
   await sql`delete from dispatch_settings`.execute(t.db)

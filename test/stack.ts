@@ -3,7 +3,8 @@ import type { Call } from '../src/db/database.ts'
 import { type Simulator, type SimulatorOptions, startSimulator } from '../src/providers/simulator.ts'
 import { type Service, startService } from '../src/service.ts'
 import type { TestDb } from './db.ts'
-import { log, testConfig, waitFor } from './helpers.ts'
+import { log, testConfig } from './helpers.ts'
+import { waitAllFinal } from './kit.ts'
 
 // The whole service in-process (HTTP app, dispatcher, pg-boss) against a test database, dialing a real simulator
 // over HTTP. Defaults are scaled down so retries and timeouts happen within a test.
@@ -54,18 +55,7 @@ export async function startStack(
       }
       return ids
     },
-    async waitAllFinal(timeoutMs = 20_000) {
-      await waitFor(
-        'every call to reach a final status',
-        async () => {
-          const { rows } = await sql<{ n: number }>`
-            select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(t.db)
-          return rows[0]?.n === 0
-        },
-        timeoutMs,
-      )
-      return t.db.selectFrom('calls').selectAll().execute()
-    },
+    waitAllFinal: (timeoutMs = 20_000) => waitAllFinal(t.db, timeoutMs),
     async stop() {
       await svc.stop()
       await sim.close()

@@ -1,54 +1,31 @@
-import { type ChildProcess, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Simulator, startSimulator } from '../../src/providers/simulator.ts'
-import { createTestDb, type TestDb } from '../db.ts'
 import { phone, waitFor } from '../helpers.ts'
+import { startServiceProcess, useTestDb, waitAllFinal } from '../kit.ts'
 import { dialsPerCall, FAST } from '../stack.ts'
 
 // SIGTERM in the middle of a burst: the process stops within 10 s with exit code 0, every claim it made has its
 // dial result recorded, and a restarted process finishes the work.
 
-let t: TestDb
+const t = useTestDb()
 let sim: Simulator
-const children: ChildProcess[] = []
 
 beforeAll(async () => {
-  t = await createTestDb()
   sim = await startSimulator({ callDurationMs: 200 })
 })
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
   await sim.close()
-  await t.drop()
 })
 
-async function start(): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['src/main.ts'], {
-    env: {
-      PATH: process.env.PATH,
-      DATABASE_URL: t.url,
-      AI_CALL_API_URL: sim.url,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
-      ...FAST,
-      MAX_CONCURRENT_CALLS: '10',
-      CALL_TIMEOUT_MS: '3000',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+const start = () =>
+  startServiceProcess({
+    DATABASE_URL: t.url,
+    AI_CALL_API_URL: sim.url,
+    ...FAST,
+    MAX_CONCURRENT_CALLS: '10',
+    CALL_TIMEOUT_MS: '3000',
   })
-  children.push(child)
-  const url = await new Promise<string>((resolve, reject) => {
-    child.on('exit', (code) => reject(new Error(`exited ${code} before ready`)))
-    child.stdout?.on('data', (chunk: Buffer) => {
-      const m = /"port":(\d+).*call orchestrator ready/.exec(chunk.toString())
-      if (m) resolve(`http://127.0.0.1:${m[1]}`)
-    })
-  })
-  return { child, url }
-}
 
 describe('SIGTERM during a burst', () => {
   it('stops promptly and cleanly, and a restarted process finishes the work', async () => {
@@ -63,9 +40,7 @@ describe('SIGTERM during a burst', () => {
     await waitFor('the burst to be dialing', () => sim.stats().accepted >= 10)
 
     const stopping = Date.now()
-    first.child.kill('SIGTERM')
-    const [code] = await once(first.child, 'exit')
-    expect(code).toBe(0)
+    expect(await first.stop()).toBe(0)
     expect(Date.now() - stopping).toBeLessThan(10_000)
 
     // no claim is left half-recorded: every CLAIMED attempt of the stopped process has a dial result
@@ -79,17 +54,7 @@ describe('SIGTERM during a burst', () => {
     expect(orphans[0]?.n).toBe(0)
 
     const second = await start()
-    await waitFor(
-      'every call to reach a final status',
-      async () => {
-        const { rows } = await sql<{ n: number }>`
-          select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(t.db)
-        return rows[0]?.n === 0
-      },
-      40_000,
-      100,
-    )
-    const rows = await t.db.selectFrom('calls').selectAll().execute()
+    const rows = await waitAllFinal(t.db, 40_000)
     expect(rows).toHaveLength(200)
     const dials = dialsPerCall(sim)
     for (const c of rows) {
@@ -98,7 +63,6 @@ describe('SIGTERM during a burst', () => {
       expect(new Set(keys).size).toBe(keys.length)
     }
     expect(sim.stats().duplicates).toBe(0)
-    second.child.kill('SIGTERM')
-    await once(second.child, 'exit')
+    await second.stop()
   }, 90_000)
 })

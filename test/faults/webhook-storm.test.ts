@@ -1,17 +1,16 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from '../db.ts'
 import { phone, waitFor } from '../helpers.ts'
+import { useTestDb } from '../kit.ts'
 import { type Stack, startStack } from '../stack.ts'
 
 // Each final webhook delivered five times at once, with contradicting reports mixed in and in random order: every
 // attempt must be applied exactly once, and the call must keep the first outcome applied.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack
 
 beforeAll(async () => {
-  t = await createTestDb()
   // Calls that never end by themselves: the test delivers their webhooks. Retries wait a minute, so a call whose
   // FAILED report won is still PENDING when the test looks, however long the storm took.
   stack = await startStack(
@@ -22,7 +21,6 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await stack.stop()
-  await t.drop()
 })
 
 describe('a webhook storm', () => {
