@@ -2,7 +2,7 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import pretty from 'pino-pretty'
 
 // Secrets never reach the log: these paths are replaced wherever they appear, before any formatting. Request bodies
-// are not logged at all.
+// are not logged, and no log line carries a phone number (test/logs.test.ts).
 export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers["x-signature"]',

@@ -22,7 +22,7 @@ declare function getComputedStyle(element: unknown): { fontSize: string }
 const CHROMIUM = '/usr/bin/chromium'
 const hasBrowser = existsSync(CHROMIUM)
 const skipNote = hasBrowser ? '' : ` (skipped: no browser at ${CHROMIUM}; apt-get install chromium)`
-// README's picture is refreshed with UPDATE_SCREENSHOT=1; ordinary runs write under .vitest/ so a test run leaves
+// The picture in docs/operating.md is refreshed with UPDATE_SCREENSHOT=1; ordinary runs write under .vitest/ so a test run leaves
 // the work tree clean.
 const SCREENSHOT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),

@@ -1,7 +1,8 @@
 import { Type } from 'typebox'
 
-// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes return errors as
-// values through replyError(); the app's error handler maps everything else (validation, bad JSON, crashes).
+// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes build expected
+// errors as values (apiError) and send errorBody(); the app's error handler maps everything else (validation, bad
+// JSON, crashes).
 
 export const ErrorResponse = Type.Object(
   {

@@ -204,7 +204,7 @@ export function createMetrics(o: MetricsOptions): Metrics {
   }
 }
 
-/** provider.ts folds 5xx, timeouts and socket errors into 'failed'; its messages tell them apart. */
+/** providers/generic.ts folds 5xx, timeouts and socket errors into 'failed'; its messages tell them apart. */
 export function dialResultLabel(r: DialResult): DialLabel {
   switch (r.kind) {
     case 'accepted':
