@@ -25,11 +25,9 @@ try {
   service = await startService(config, log)
 } catch (err) {
   // A failure the operator can act on is one sentence on stderr; anything else is a bug and keeps its stack.
-  if (err instanceof EmbeddedDbError) {
-    console.error(`could not start: ${err.message}`)
-    process.exit(1)
-  }
-  log.fatal({ err }, 'could not start')
+  const problem = startupProblem(err)
+  if (problem) console.error(`could not start: ${problem}`)
+  else log.fatal({ err }, 'could not start')
   process.exit(1)
 }
 
@@ -39,3 +37,17 @@ closeWithGrace({ delay: 15_000 }, async ({ signal, err }) => {
   await service.stop()
   log.info('stopped')
 })
+
+function startupProblem(err: unknown): string | undefined {
+  if (err instanceof EmbeddedDbError) return err.message
+  const code = (err as NodeJS.ErrnoException)?.code ?? ''
+  const message = String((err as Error)?.message).split('\n')[0]
+  if (code === 'EADDRINUSE') return `port ${config.port} is in use; set PORT to a free port.`
+  const unreachable = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ECONNRESET']
+  // 28P01/28000: authentication refused; 3D000: no such database.
+  if (config.databaseUrl && [...unreachable, '28P01', '28000', '3D000'].includes(code)) {
+    const url = new URL(config.databaseUrl)
+    return `the database at DATABASE_URL (${url.host}${url.pathname}) cannot be used: ${message}.`
+  }
+  return undefined
+}

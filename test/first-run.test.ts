@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process'
-import { cpSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, cpSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
+import { waitFor } from './helpers.ts'
 import { runServiceProcess, startServiceProcess } from './kit.ts'
 
 // `npm start` with no DATABASE_URL, as a newcomer runs it: from a checkout that other users cannot enter (a home
@@ -76,6 +77,28 @@ describe('npm start on a first run', () => {
       EMBEDDED_PG_DIR: path.join(file, 'postgres'),
     })
     expectOneSentence(r, /EMBEDDED_PG_DIR/)
+  }, 60_000)
+
+  it('says in one sentence that PORT is taken, and leaves no PostgreSQL running behind it', async () => {
+    const open = mkdtempSync(path.join(os.tmpdir(), 'orchestrator-firstrun-open-'))
+    cleanup.push(open)
+    chmodSync(open, 0o755)
+    const dataDir = path.join(open, 'postgres')
+    const busy = net.createServer().listen(0, '127.0.0.1')
+    await new Promise((r) => busy.once('listening', r))
+    try {
+      const r = await runServiceProcess({
+        PORT: String((busy.address() as net.AddressInfo).port),
+        HOST: '127.0.0.1',
+        EMBEDDED_PG_PORT: String(await freePort()),
+        EMBEDDED_PG_DIR: dataDir,
+      })
+      expectOneSentence(r, /PORT/)
+      // PostgreSQL removes its pid file when it has shut down
+      await waitFor('the embedded PostgreSQL to shut down', () => !existsSync(path.join(dataDir, 'postmaster.pid')))
+    } finally {
+      busy.close()
+    }
   }, 60_000)
 
   it('says in one sentence that the embedded PostgreSQL port is taken', async () => {

@@ -61,10 +61,17 @@ export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb>
   } finally {
     await admin.end().catch(() => {})
   }
+  // A process that exits without stop() (process.exit after a failed start, say) still shuts its server down; a
+  // server left running would make the next start refuse the data directory as in use.
+  const onExit = () => {
+    if (server.exitCode === null && server.signalCode === null) server.kill('SIGINT')
+  }
+  process.on('exit', onExit)
   return {
     url: urlFor(o.port, o.database),
     dataDir,
     async stop() {
+      process.removeListener('exit', onExit)
       await stopPostgres(server)
       if (o.persistent === false) await fs.rm(dataDir, { recursive: true, force: true })
     },
@@ -242,7 +249,7 @@ async function initdb(initdbPath: string, dataDir: string, runAs: RunAs | undefi
     const args = [`--pgdata=${dataDir}`, '--auth=password', '--username=postgres', `--pwfile=${pwfile}`]
     const child = spawnAs(initdbPath, [...args, '--encoding=UTF8', '--locale=C'], runAs)
     const stderr = collect(child)
-    const [code] = await bounded(exitOf(child), 120_000, `initdb of ${dataDir}`, () => child.kill('SIGKILL'))
+    const [code] = await bounded(exitOf(child, 'close'), 120_000, `initdb of ${dataDir}`, () => child.kill('SIGKILL'))
     if (code !== 0) {
       throw new EmbeddedDbError(`initdb could not create the database in ${dataDir}: ${lastProblem(stderr())}.`)
     }
@@ -287,7 +294,10 @@ function spawnAs(file: string, args: string[], runAs: RunAs | undefined): ChildP
 }
 
 /** Resolves with the exit code; rejects with one sentence when the binary cannot be executed at all. */
-function exitOf(child: ChildProcess): Promise<[number | null, NodeJS.Signals | null]> {
+function exitOf(
+  child: ChildProcess,
+  event: 'exit' | 'close' = 'exit',
+): Promise<[number | null, NodeJS.Signals | null]> {
   return new Promise((resolve, reject) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve([child.exitCode, child.signalCode])
     child.once('error', (err: NodeJS.ErrnoException) =>
@@ -297,7 +307,7 @@ function exitOf(child: ChildProcess): Promise<[number | null, NodeJS.Signals | n
         ),
       ),
     )
-    child.once('exit', (code, signal) => resolve([code, signal]))
+    child.once(event, (code: number | null, signal: NodeJS.Signals | null) => resolve([code, signal]))
   })
 }
 
