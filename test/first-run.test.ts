@@ -13,7 +13,10 @@ import { runServiceProcess, startServiceProcess } from './kit.ts'
 // must start, keep its data across restarts and stop cleanly; when it cannot start it says why in one sentence.
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'orchestrator-firstrun-'))
-const cleanup: string[] = [tmp]
+/** For the failures: a directory the `postgres` user can enter, so no data directory is made under /var/lib. */
+const open = mkdtempSync(path.join(os.tmpdir(), 'orchestrator-firstrun-open-'))
+chmodSync(open, 0o755)
+const cleanup: string[] = [tmp, open]
 afterAll(() => {
   for (const dir of cleanup) rmSync(dir, { recursive: true, force: true })
 })
@@ -80,10 +83,7 @@ describe('npm start on a first run', () => {
   }, 60_000)
 
   it('says in one sentence that PORT is taken, and leaves no PostgreSQL running behind it', async () => {
-    const open = mkdtempSync(path.join(os.tmpdir(), 'orchestrator-firstrun-open-'))
-    cleanup.push(open)
-    chmodSync(open, 0o755)
-    const dataDir = path.join(open, 'postgres')
+    const dataDir = path.join(open, 'port-taken')
     const busy = net.createServer().listen(0, '127.0.0.1')
     await new Promise((r) => busy.once('listening', r))
     try {
@@ -107,7 +107,7 @@ describe('npm start on a first run', () => {
     try {
       const r = await runServiceProcess({
         EMBEDDED_PG_PORT: String((busy.address() as net.AddressInfo).port),
-        EMBEDDED_PG_DIR: path.join(tmp, 'busy', 'postgres'),
+        EMBEDDED_PG_DIR: path.join(open, 'pg-port-taken'),
       })
       expectOneSentence(r, /EMBEDDED_PG_PORT/)
     } finally {

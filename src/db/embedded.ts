@@ -40,9 +40,10 @@ const ROOT_HOME = ['/var/lib/ai-call-orchestrator', path.join(os.tmpdir(), 'ai-c
 export async function startEmbeddedDb(o: EmbeddedDbOptions): Promise<EmbeddedDb> {
   const runAs = process.getuid?.() === 0 ? await postgresUser() : undefined
   const bin = await binaries(runAs)
-  await assertPortFree(o.port)
   const dataDir = await prepareDataDir(path.resolve(o.dir), runAs)
+  // Before the port: a second instance on this data directory also holds the port, and this says which it is.
   await clearStalePidFile(dataDir)
+  await assertPortFree(o.port)
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await initdb(bin.initdb, dataDir, runAs)
   // TCP on loopback only: a Unix socket in the shared /tmp collides with leftover lock files of other servers
   // ("could not create lock file /tmp/.s.PGSQL.<port>.lock: Permission denied", seen here under parallel tests).
