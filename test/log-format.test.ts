@@ -40,18 +40,18 @@ describe.runIf(hasScript)('log format', () => {
     expect(out).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] WARN \(orchestrator\): API_KEYS is not set/m)
     expect(out).toMatch(/^could not start: the database at DATABASE_URL \(127\.0\.0\.1:1\/none\) cannot be used/m)
     expect(out).not.toMatch(/^\{"level"/m)
-  })
+  }, 90_000)
 
   it('prints JSON lines when stdout is not a terminal', () => {
     const lines = jsonLines(run({}, false))
     expect(lines[0]).toMatchObject({ level: 40, msg: expect.stringMatching(/^API_KEYS is not set/) })
     expect(lines).toHaveLength(2)
-  })
+  }, 90_000)
 
   it('follows LOG_FORMAT over the terminal check', () => {
     expect(run({ LOG_FORMAT: 'pretty' }, false)).toMatch(/WARN \(orchestrator\): API_KEYS is not set/)
     expect(jsonLines(run({ LOG_FORMAT: 'json' }, true))[0]).toMatchObject({ level: 40 })
-  })
+  }, 90_000)
 })
 
 describe('pretty logs', () => {
