@@ -39,6 +39,13 @@ export const EnvSchema = Type.Object({
   CALL_TIMEOUT_MS: Int(15 * MINUTE, 1000, 7 * 24 * HOUR, 'longest IN_PROGRESS without a final webhook'),
   CALL_EXPIRY_MS: Int(24 * HOUR, 1000, 365 * 24 * HOUR, 'default time a call may wait PENDING'),
   PROVIDER_TIMEOUT_MS: Int(10_000, 100, 10 * MINUTE, 'dial request timeout'),
+  THROTTLE_MAX_MS: Int(
+    15 * MINUTE,
+    0,
+    7 * 24 * HOUR,
+    'how long a call may stay throttled (429) before 429s spend attempts',
+  ),
+  DB_STATEMENT_TIMEOUT_MS: Int(30_000, 1000, HOUR, 'longest statement; a stalled connection is dropped a little later'),
   SWEEP_INTERVAL_MS: Int(1000, 50, HOUR, 'how often a worker expires and times out calls'),
   API_KEYS: Text('comma-separated client API keys'),
   RATE_LIMIT_MAX: Int(600, 1, 1_000_000, 'requests per window per API key'),
@@ -57,6 +64,7 @@ export interface Config {
   /** Undefined: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
   dbPoolMax: number
+  dbStatementTimeoutMs: number
   embeddedPg: { port: number; dir: string }
   provider: { url: string | undefined; apiKey: string | undefined; timeoutMs: number }
   /** baseUrl undefined: http://localhost:<the port the server got>. */
@@ -69,7 +77,10 @@ export interface Config {
     callTimeoutMs: number
     callExpiryMs: number
     sweepIntervalMs: number
+    throttleMaxMs: number
   }
+  /** How long SIGTERM waits for dials in flight to answer and be recorded before the process closes. */
+  shutdownGraceMs: number
   apiKeys: string[]
   rateLimit: { max: number; windowMs: number }
   simulator: { callDurationMs: number; outcomes: Record<string, number> }
@@ -104,6 +115,12 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   if (env.RETRY_MAX_DELAY_MS < env.RETRY_BASE_DELAY_MS) {
     problems.push('RETRY_MAX_DELAY_MS: must be >= RETRY_BASE_DELAY_MS')
   }
+  // A call whose dial is still waiting for the provider's answer would be timed out before the answer could come.
+  if (env.CALL_TIMEOUT_MS <= env.PROVIDER_TIMEOUT_MS) {
+    problems.push(
+      `CALL_TIMEOUT_MS: must be greater than PROVIDER_TIMEOUT_MS (got ${env.CALL_TIMEOUT_MS} <= ${env.PROVIDER_TIMEOUT_MS})`,
+    )
+  }
   const apiKeys = (env.API_KEYS ?? '')
     .split(',')
     .map((k) => k.trim())
@@ -122,6 +139,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     logLevel: env.LOG_LEVEL,
     databaseUrl: env.DATABASE_URL ?? legacyDatabaseUrl(env),
     dbPoolMax: env.DB_POOL_MAX,
+    dbStatementTimeoutMs: env.DB_STATEMENT_TIMEOUT_MS,
     embeddedPg: { port: env.EMBEDDED_PG_PORT, dir: env.EMBEDDED_PG_DIR },
     provider: {
       url: env.AI_CALL_API_URL?.replace(/\/+$/, ''),
@@ -140,7 +158,10 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       callTimeoutMs: env.CALL_TIMEOUT_MS,
       callExpiryMs: env.CALL_EXPIRY_MS,
       sweepIntervalMs: env.SWEEP_INTERVAL_MS,
+      throttleMaxMs: env.THROTTLE_MAX_MS,
     },
+    // The provider's answer, then a few seconds to record it (the recorder retries while the database blinks).
+    shutdownGraceMs: env.PROVIDER_TIMEOUT_MS + 5000,
     apiKeys,
     rateLimit: { max: env.RATE_LIMIT_MAX, windowMs: env.RATE_LIMIT_WINDOW_MS },
     simulator: {

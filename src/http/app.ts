@@ -4,6 +4,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify'
+import { createRecorder } from '../dispatch/recorder.ts'
 import { createMetrics } from '../ops/metrics.ts'
 import { installAuth } from './auth.ts'
 import type { AppDeps } from './deps.ts'
@@ -101,6 +102,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...deps,
     metrics:
       deps.metrics ?? createMetrics({ db: deps.db, maxConcurrentCalls: deps.config.dispatch.maxConcurrentCalls }),
+    recorder:
+      deps.recorder ??
+      createRecorder({
+        db: deps.db,
+        wakeup: deps.wakeup,
+        log: deps.log,
+        patienceMs: deps.config.dispatch.callTimeoutMs,
+      }),
   }
   if (deps.clientApi !== false) {
     await app.register(callRoutes, routeDeps)
