@@ -61,6 +61,7 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
     {
       schema: {
         tags: ['callbacks'],
+        security: [],
         summary: 'Provider webhook: the status of a call attempt',
         description:
           'With WEBHOOK_SECRET set, requires X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>.',

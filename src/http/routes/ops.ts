@@ -37,6 +37,7 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetri
     {
       schema: {
         tags: ['ops'],
+        security: [],
         summary: '200 when the database answers, 503 otherwise',
         response: { 200: Health, 503: Health },
       },
@@ -56,6 +57,7 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetri
     {
       schema: {
         tags: ['ops'],
+        security: [],
         summary: 'Prometheus exposition: calls by status, slots, backlog (from the database); dials, webhooks, retries',
         produces: ['text/plain'],
       },
