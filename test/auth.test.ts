@@ -1,9 +1,10 @@
 import { request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { createRateLimiter } from '../src/http/rate-limit.ts'
 import { createTestDb, type TestDb } from './db.ts'
-import { apiOnly, phone } from './helpers.ts'
+import { apiOnly, phone, testConfig } from './helpers.ts'
 
 let t: TestDb
 let app: FastifyInstance
@@ -196,5 +197,119 @@ describe('rate limiting', () => {
     } finally {
       await other.close()
     }
+  })
+})
+
+describe('default rate limits', () => {
+  let d: FastifyInstance
+  beforeAll(async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    d = await apiOnly(t, { API_KEYS: 'campaign,abuser' })
+  })
+  afterAll(async () => {
+    vi.useRealTimers()
+    await d.close()
+  })
+  const as = (key: string) => ({ authorization: `Bearer ${key}` })
+  const tick = (ms: number) => vi.setSystemTime(Date.now() + ms)
+
+  it('never refuse a client that queues 3,000 calls one request at a time and polls them', async () => {
+    const statuses = new Map<number, number>()
+    const count = (s: number) => statuses.set(s, (statuses.get(s) ?? 0) + 1)
+    const ids: string[] = []
+    // 4 ms a create (250 a second, a client on a fast network); every simulated second it lists what is pending
+    // and looks at the 30 calls it queued last, as a dashboard of its own would.
+    for (let i = 0; i < 3000; i++) {
+      const res = await d.inject({
+        method: 'POST',
+        url: '/api/v1/calls',
+        headers: as('campaign'),
+        payload: { to: phone(), scriptId: 'campaign' },
+      })
+      count(res.statusCode)
+      if (res.statusCode === 201) ids.push(res.json().data.id)
+      tick(4)
+      if (i % 250 === 249) {
+        count(
+          (await d.inject({ method: 'GET', url: '/api/v1/calls?status=PENDING&limit=100', headers: as('campaign') }))
+            .statusCode,
+        )
+        for (const id of ids.slice(-30)) {
+          count((await d.inject({ method: 'GET', url: `/api/v1/calls/${id}`, headers: as('campaign') })).statusCode)
+        }
+      }
+    }
+    expect(Object.fromEntries(statuses)).toEqual({ 201: 3000, 200: 12 + 12 * 30 })
+  }, 120_000)
+
+  it('answers 429 RATE_LIMITED with Retry-After to a burst beyond the limit, and lets the client back in after it', async () => {
+    const flood = (n: number, method: 'GET' | 'POST') =>
+      Promise.all(
+        Array.from({ length: n }, () =>
+          d.inject({
+            method,
+            url: method === 'GET' ? '/api/v1/calls/not-a-uuid' : '/api/v1/calls',
+            headers: as('abuser'),
+            ...(method === 'POST' ? { payload: {} } : {}),
+          }),
+        ),
+      )
+    // writes only: reads are the same mechanism with their own bucket (see the token bucket tests)
+    for (const method of ['POST'] as const) {
+      const burst = 5000
+      const first = await flood(burst, method)
+      expect(first.every((r) => r.statusCode === 400)).toBe(true) // invalid, but counted before validation
+      const [over] = await flood(1, method)
+      expect(over?.statusCode).toBe(429)
+      expect(over?.json()).toMatchObject({ success: false, error: { code: 'RATE_LIMITED' } })
+      const wait = Number(over?.headers['retry-after'])
+      expect(wait).toBeGreaterThanOrEqual(1)
+      tick(wait * 1000)
+      const [again] = await flood(1, method)
+      expect(again?.statusCode).toBe(400)
+    }
+    // the flood spent the abuser's buckets only
+    expect((await d.inject({ method: 'GET', url: '/api/v1/calls', headers: as('campaign') })).statusCode).toBe(200)
+  })
+})
+
+describe('token buckets', () => {
+  it('are configured per second with a burst, or in the older per-window form, not both', () => {
+    expect(testConfig().rateLimit).toEqual({ read: { perSec: 500, burst: 5000 }, write: { perSec: 200, burst: 5000 } })
+    const legacy = { perSec: 10, burst: 600 }
+    expect(testConfig({ RATE_LIMIT_MAX: '600' }).rateLimit).toEqual({ read: legacy, write: legacy })
+    expect(() => testConfig({ RATE_LIMIT_MAX: '600', RATE_LIMIT_WRITE_BURST: '10' })).toThrow(/not both/)
+  })
+
+  it('let a 100-minute campaign poll every outstanding call every 10 s at the defaults', () => {
+    let now = 0
+    const l = createRateLimiter(testConfig().rateLimit, () => now)
+    let refused = 0
+    // 3,000 creates at 250 a second, then 3,000 calls worked off by 30 slots of 1-minute calls (50 a minute) while
+    // the client polls each unfinished one every 10 s, in one sweep as fast as its requests go (1 ms each)
+    for (let i = 0; i < 3000; i++, now += 4) if (!l.take('write', 'k').ok) refused++
+    for (let done = 0; done < 3000; done += 50 / 6) {
+      const start = now
+      for (let c = Math.floor(done); c < 3000; c++, now += 1) if (!l.take('read', 'k').ok) refused++
+      now = Math.max(now, start + 10_000)
+    }
+    expect(refused).toBe(0)
+  })
+
+  it('refill at the rate up to the burst, refuse below one token, and forget idle clients', () => {
+    let now = 0
+    const l = createRateLimiter({ read: { perSec: 10, burst: 3 }, write: { perSec: 1, burst: 1 } }, () => now)
+    expect([1, 2, 3, 4].map(() => l.take('read', 'a').ok)).toEqual([true, true, true, false])
+    expect(l.take('read', 'a')).toEqual({ ok: false, retryAfterMs: 100 })
+    expect(l.take('write', 'a').ok).toBe(true) // reads and writes apart
+    expect(l.take('read', 'b').ok).toBe(true) // clients apart
+    now += 100
+    expect(l.take('read', 'a').ok).toBe(true)
+    expect(l.take('read', 'a').ok).toBe(false)
+    now += 10_000
+    expect([1, 2, 3, 4].map(() => l.take('read', 'a').ok)).toEqual([true, true, true, false])
+    now += 60_000
+    l.take('read', 'c')
+    expect(l.size).toBe(1)
   })
 })

@@ -12,7 +12,7 @@ export type Taken = { ok: true; remaining: number } | { ok: false; retryAfterMs:
 /** Buckets that would be full again by now are forgotten once a minute, so memory follows the active clients. */
 const SWEEP_EVERY_MS = 60_000
 
-export function createRateLimiter(limits: Record<RateClass, RateLimit>, now: () => number = Date.now) {
+export function createRateLimiter(limits: Record<RateClass, RateLimit>, now: () => number = () => Date.now()) {
   const buckets = new Map<string, { tokens: number; at: number }>()
   let sweptAt = now()
 
