@@ -5,10 +5,11 @@ import type { Config } from '../config.ts'
 import { apiError, errorBody } from './errors.ts'
 import { createRateLimiter, type RateClass } from './rate-limit.ts'
 
-// Who may use the client API, and how fast. Every route is client API unless its schema says `security: []`: then
-// it needs `Authorization: Bearer <key>` (when API_KEYS is set) and takes a token from its key's bucket, reads and
-// writes apart. Open routes: /health, /metrics, /docs, the dashboard's files and the provider webhook, which carries
-// its own signature. Both checks are hooks of the matched route, attached when the route is registered; nothing
+// Who may use the client API, and how fast. Every route is client API unless its schema says `security: []`: it
+// needs `Authorization: Bearer <key>` when API_KEYS is set. Open routes: /health, /metrics, /docs, the dashboard's
+// files and the provider webhook, which carries its own signature. Every request takes a token from its key's
+// bucket (its address's without a valid key), reads and writes apart, unless the route says `config: {rateLimit:
+// false}` (the webhook). Both checks are hooks of the matched route, attached when the route is registered; nothing
 // tests the URL, which the router decodes first (`/%61pi/v1/calls` reached /api/v1/calls past a test on the string).
 
 /** What an OpenAPI operation says when it needs the key; also what a route without `security` gets. */
@@ -16,6 +17,13 @@ export const BEARER: { bearer: string[] }[] = [{ bearer: [] }]
 
 export const isOpenRoute = (schema: FastifySchema | undefined): boolean =>
   Array.isArray(schema?.security) && schema.security.length === 0
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** false: no rate limit on this route (the provider webhook: a provider's bursts must never be refused). */
+    rateLimit?: false
+  }
+}
 
 const READS = new Set(['GET', 'HEAD', 'OPTIONS'])
 const digest = (s: string) => createHash('sha256').update(s).digest()
@@ -40,14 +48,14 @@ export async function installAuth(app: FastifyInstance, config: Config): Promise
 
   function guard(route: RouteOptions, cls: RateClass) {
     let open: boolean | undefined
+    const limited = route.config?.rateLimit !== false
     return async (req: FastifyRequest, reply: FastifyReply) => {
       // Decided at the first request: a scope's own onRoute hook (the docs') may open the route after this one ran.
       open ??= isOpenRoute(route.schema)
-      if (open) return
-      const key = keys.length > 0 ? keyOf(req) : undefined
+      const key = !open && keys.length > 0 ? keyOf(req) : undefined
       // Without a valid key the bucket is the client address's: guessing keys is limited too.
-      const taken = limiter.take(cls, key ?? `ip:${req.ip}`)
-      if (!taken.ok) {
+      const taken = limited ? limiter.take(cls, key ?? `ip:${req.ip}`) : undefined
+      if (taken && !taken.ok) {
         const { perSec, burst } = limiter.limits[cls]
         const seconds = Math.max(1, Math.ceil(taken.retryAfterMs / 1000))
         reply.header('retry-after', seconds)
@@ -63,8 +71,8 @@ export async function installAuth(app: FastifyInstance, config: Config): Promise
             ),
           )
       }
-      reply.header('x-ratelimit-remaining', taken.remaining)
-      if (keys.length > 0 && !key) {
+      if (taken) reply.header('x-ratelimit-remaining', taken.remaining)
+      if (!open && keys.length > 0 && !key) {
         reply.header('www-authenticate', 'Bearer')
         return reply
           .code(401)

@@ -95,6 +95,7 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
     '/api/v1/dashboard',
     {
       schema: {
+        operationId: 'getDashboard',
         tags: ['ops'],
         summary: 'What the dashboard shows: slots, backlog, calls per minute, the latest 20 calls with their history',
         response: { 200: Dashboard },
