@@ -47,9 +47,21 @@ export function swaggerOptions(config: Config): FastifyDynamicSwaggerOptions {
         },
       },
     },
+    // A query field with a default is validated as required (the default fills it first), but a client may omit it.
+    transform: ({ schema, url }) => ({
+      schema: schema?.querystring ? { ...schema, querystring: clientRequired(schema.querystring) } : schema,
+      url,
+    }),
     // Shared schemas (ErrorResponse) keep their own names under components.schemas.
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string) ?? `def-${i}` },
   }
+}
+
+function clientRequired(schema: unknown): unknown {
+  const s = schema as { required?: string[]; properties?: Record<string, { default?: unknown }> }
+  if (!s.required || !s.properties) return schema
+  const properties = s.properties
+  return { ...s, required: s.required.filter((k) => properties[k]?.default === undefined) }
 }
 
 const OPERATION_ID = /^[a-z][A-Za-z0-9]*$/
