@@ -82,6 +82,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   await installAuth(app, deps.config)
 
+  // After installAuth's own onRoute hook, which gives a route without `security` the bearer one this documents.
   app.addHook('onRoute', documentRoutes())
   await app.register(swagger, swaggerOptions(deps.config))
   // The docs page and its files are open; they are registered in a scope of their own to say so.

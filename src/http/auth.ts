@@ -12,9 +12,6 @@ import { createRateLimiter, type RateClass } from './rate-limit.ts'
 // false}` (the webhook). Both checks are hooks of the matched route, attached when the route is registered; nothing
 // tests the URL, which the router decodes first (`/%61pi/v1/calls` reached /api/v1/calls past a test on the string).
 
-/** What an OpenAPI operation says when it needs the key; also what a route without `security` gets. */
-export const BEARER: { bearer: string[] }[] = [{ bearer: [] }]
-
 export const isOpenRoute = (schema: FastifySchema | undefined): boolean =>
   Array.isArray(schema?.security) && schema.security.length === 0
 
@@ -82,7 +79,7 @@ export async function installAuth(app: FastifyInstance, config: Config): Promise
   }
 
   app.addHook('onRoute', (route) => {
-    if (route.schema?.security === undefined) route.schema = { ...route.schema, security: BEARER }
+    if (route.schema?.security === undefined) route.schema = { ...route.schema, security: [{ bearer: [] }] }
     const methods = [route.method].flat()
     const cls: RateClass = methods.every((m) => READS.has(m)) ? 'read' : 'write'
     route.onRequest = [guard(route, cls), ...[route.onRequest ?? []].flat()]
