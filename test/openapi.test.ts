@@ -3,9 +3,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { astToString, openapiTS } from 'openapi-typegen'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ErrorResponse } from '../src/http/errors.ts'
+import { documentRoutes } from '../src/http/openapi.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly } from './helpers.ts'
 
@@ -89,6 +91,26 @@ describe('the OpenAPI document', () => {
     })
     const limited = operations().find((op) => op.operationId === 'createCall')
     expect(limited.responses['429'].headers['retry-after']).toBeDefined()
+  })
+
+  it('refuses to start with a route that has no operationId, reuses one, or names an undeclared tag', async () => {
+    const withRoute = async (schema: Record<string, unknown>) => {
+      const a = Fastify()
+      a.addSchema(ErrorResponse)
+      a.addHook('onRoute', documentRoutes())
+      try {
+        a.get('/a', { schema: { operationId: 'getA', tags: ['calls'] } }, async () => 'a')
+        a.get('/b', { schema }, async () => 'b')
+        await a.ready()
+      } finally {
+        await a.close()
+      }
+    }
+    await expect(withRoute({ tags: ['calls'] })).rejects.toThrow(/operationId must be a camelCase name/)
+    await expect(withRoute({ operationId: 'get-b', tags: ['calls'] })).rejects.toThrow(/camelCase/)
+    await expect(withRoute({ operationId: 'getA', tags: ['calls'] })).rejects.toThrow(/already used by GET \/a/)
+    await expect(withRoute({ operationId: 'getB', tags: ['nope'] })).rejects.toThrow(/TAGS/)
+    await expect(withRoute({ operationId: 'getB', tags: ['calls'] })).resolves.toBeUndefined()
   })
 
   it('has a server, and a description for every tag it uses', () => {
