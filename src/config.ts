@@ -48,8 +48,18 @@ export const EnvSchema = Type.Object({
   DB_STATEMENT_TIMEOUT_MS: Int(30_000, 1000, HOUR, 'longest statement; a stalled connection is dropped a little later'),
   SWEEP_INTERVAL_MS: Int(1000, 50, HOUR, 'how often a worker expires and times out calls'),
   API_KEYS: Text('comma-separated client API keys'),
-  RATE_LIMIT_MAX: Int(600, 1, 1_000_000, 'requests per window per API key'),
-  RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'rate limit window'),
+  RATE_LIMIT_READS_PER_SEC: Int(500, 1, 1_000_000, 'GET requests a second per API key, sustained'),
+  RATE_LIMIT_READ_BURST: Int(5000, 1, 10_000_000, 'GET requests per API key at once, above the rate'),
+  RATE_LIMIT_WRITES_PER_SEC: Int(200, 1, 1_000_000, 'POST/PATCH/DELETE requests a second per API key, sustained'),
+  RATE_LIMIT_WRITE_BURST: Int(5000, 1, 10_000_000, 'POST/PATCH/DELETE requests per API key at once'),
+  RATE_LIMIT_MAX: Type.Optional(
+    Type.Integer({
+      minimum: 1,
+      maximum: 10_000_000,
+      description: 'older form: requests per window, reads and writes each',
+    }),
+  ),
+  RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'older form: the window of RATE_LIMIT_MAX'),
   SIM_CALL_DURATION_MS: Int(3000, 0, HOUR, 'built-in simulator: call length'),
   SIM_OUTCOMES: Type.String({ default: 'COMPLETED=1', pattern: `^${SIM_OUTCOME}=\\d+(,${SIM_OUTCOME}=\\d+)*$` }),
 })
@@ -82,7 +92,8 @@ export interface Config {
   /** How long SIGTERM waits for dials in flight to answer and be recorded before the process closes. */
   shutdownGraceMs: number
   apiKeys: string[]
-  rateLimit: { max: number; windowMs: number }
+  /** Token buckets per API key (per client address without keys), reads and writes apart; per instance. */
+  rateLimit: { read: { perSec: number; burst: number }; write: { perSec: number; burst: number } }
   simulator: { callDurationMs: number; outcomes: Record<string, number> }
 }
 
@@ -129,6 +140,10 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     if (apiKeys.length === 0) problems.push('API_KEYS: required when NODE_ENV=production')
     if (!env.WEBHOOK_SECRET) problems.push('WEBHOOK_SECRET: required when NODE_ENV=production')
   }
+  const newRateNames = Object.keys(EnvSchema.properties).filter((k) => /^RATE_LIMIT_(READ|WRITE)/.test(k))
+  if (env.RATE_LIMIT_MAX !== undefined && newRateNames.some((k) => source[k]?.trim())) {
+    problems.push(`RATE_LIMIT_MAX: set either it (the older form) or ${newRateNames.join(', ')}, not both`)
+  }
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {
@@ -163,7 +178,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     // The provider's answer, then a few seconds to record it (the recorder retries while the database blinks).
     shutdownGraceMs: env.PROVIDER_TIMEOUT_MS + 5000,
     apiKeys,
-    rateLimit: { max: env.RATE_LIMIT_MAX, windowMs: env.RATE_LIMIT_WINDOW_MS },
+    rateLimit: rateLimits(env),
     simulator: {
       callDurationMs: env.SIM_CALL_DURATION_MS,
       outcomes: Object.fromEntries(
@@ -174,6 +189,18 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       ),
     },
   }
+}
+
+/** RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_MS (the older form) is a bucket of that size refilled over the window. */
+function rateLimits(env: Env): Config['rateLimit'] {
+  if (env.RATE_LIMIT_MAX === undefined) {
+    return {
+      read: { perSec: env.RATE_LIMIT_READS_PER_SEC, burst: env.RATE_LIMIT_READ_BURST },
+      write: { perSec: env.RATE_LIMIT_WRITES_PER_SEC, burst: env.RATE_LIMIT_WRITE_BURST },
+    }
+  }
+  const legacy = { perSec: (env.RATE_LIMIT_MAX * 1000) / env.RATE_LIMIT_WINDOW_MS, burst: env.RATE_LIMIT_MAX }
+  return { read: legacy, write: legacy }
 }
 
 function schemaType(schema: unknown): unknown {

@@ -9,6 +9,7 @@ import { createMetrics } from '../ops/metrics.ts'
 import { installAuth } from './auth.ts'
 import type { AppDeps } from './deps.ts'
 import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './errors.ts'
+import { documentRoutes, swaggerOptions } from './openapi.ts'
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
@@ -82,21 +83,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   await installAuth(app, deps.config)
 
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.1.0',
-      info: {
-        title: 'AI Call Orchestrator',
-        version: '0.1.0',
-        description:
-          'Queue outbound AI calls; the service dials them under a global concurrency cap and settles them from provider webhooks.',
-      },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
-      security: deps.config.apiKeys.length > 0 ? [{ bearer: [] }] : [],
-    },
-    refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string) ?? `def-${i}` },
+  // After installAuth's own onRoute hook, which gives a route without `security` the bearer one this documents.
+  app.addHook('onRoute', documentRoutes())
+  await app.register(swagger, swaggerOptions(deps.config))
+  // The docs page and its files are open; they are registered in a scope of their own to say so.
+  await app.register(async (docs) => {
+    docs.addHook('onRoute', (route) => {
+      route.schema = { ...route.schema, security: [] }
+    })
+    await docs.register(swaggerUi, { routePrefix: '/docs' })
   })
-  await app.register(swaggerUi, { routePrefix: '/docs' })
 
   const routeDeps = {
     ...deps,

@@ -11,7 +11,7 @@ import type { Recorder } from '../../dispatch/recorder.ts'
 import { SIGNATURE_HEADER, verify, verifyWebhookUrlToken } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
 import type { AppDeps } from '../deps.ts'
-import { apiError, errorBody, errorRef } from '../errors.ts'
+import { apiError, errorBody, errorResponse } from '../errors.ts'
 
 // The provider's webhook. Registered as its own plugin so that its JSON parser, which keeps the raw bytes for the
 // signature, applies to this route only.
@@ -71,14 +71,25 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
     '/api/v1/callbacks/call-status',
     {
       schema: {
+        operationId: 'receiveCallStatus',
         tags: ['callbacks'],
+        security: [],
         summary: 'Provider webhook: the status of a call attempt',
         description:
           'With WEBHOOK_SECRET set, requires X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>.',
         querystring: WebhookQuery,
         body: WebhookBody,
-        response: { 200: Ack, 400: errorRef, 401: errorRef, 404: errorRef, 409: errorRef },
+        response: {
+          200: Ack,
+          400: errorResponse('VALIDATION_ERROR or INVALID_JSON'),
+          401: errorResponse(
+            'INVALID_SIGNATURE: X-Signature is missing, malformed, stale or wrong, or the URL token does not match',
+          ),
+          404: errorResponse('CALL_NOT_FOUND: no call matches this webhook'),
+          409: errorResponse("PROVIDER_CALL_MISMATCH: the body's callId is not the provider call stored for this call"),
+        },
       },
+      config: { rateLimit: false },
       // Before validation: an unsigned request is refused as such, whatever its body.
       preValidation: async (req, reply) => {
         if (!secret) return
