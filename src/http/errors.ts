@@ -1,8 +1,7 @@
 import { Type } from 'typebox'
 
-// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes build expected
-// errors as values (apiError) and send errorBody(); the app's error handler maps everything else (validation, bad
-// JSON, crashes).
+// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes send the errors they
+// expect with errorBody(apiError(...)); the app's error handler maps everything else (validation, bad JSON, crashes).
 
 export const ErrorResponse = Type.Object(
   {
@@ -17,6 +16,9 @@ export const ErrorResponse = Type.Object(
 )
 
 export const errorRef = Type.Ref('ErrorResponse')
+
+/** A response of the error envelope; the description is what the document says the status means for the route. */
+export const errorResponse = (description: string) => Type.Ref('ErrorResponse', { description })
 
 export interface ApiError {
   status: number
