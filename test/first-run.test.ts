@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { chmodSync, cpSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -52,6 +53,9 @@ describe('npm start on a first run', () => {
     expect(statSync(tmp).mode & 0o777).toBe(0o700)
     const app = checkout()
     const env = { EMBEDDED_PG_PORT: String(await freePort()), EMBEDDED_PG_DIR: path.join(app, '.data', 'postgres') }
+    // Where src/db/embedded.ts keeps it as root: removed even when the service never says so (a start that times out).
+    const id = createHash('sha256').update(env.EMBEDDED_PG_DIR).digest('hex').slice(0, 12)
+    cleanup.push(`/var/lib/ai-call-orchestrator/data-postgres-${id}`)
 
     const first = await startServiceProcess(env, 90_000, app)
     const dataDir = dataDirFrom(first.output)
