@@ -195,7 +195,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
 
   // When the next retry is due (performance.now() clock; undefined: none within pollMs), as last read. Under load
   // the loop idles between bursts dozens of times a second, and a read per pause was one statement in seven in the
-  // slot benchmark; retries this process schedules wake it by themselves (queue.ts, dueLater), so a reading a quarter
+  // slot benchmark; retries this process schedules wake it by themselves (wakeup.ts, dueLater), so a reading a quarter
   // of a second old only delays the retries of other processes, and by less than their pg-boss wake-up would.
   let nextDue: { at: number | undefined; readAt: number } | undefined
 

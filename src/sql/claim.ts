@@ -5,9 +5,9 @@ import type { Call, DB } from '../db/database.ts'
 //
 // Every claim runs under one transaction-scoped advisory lock, so claims happen one at a time. The claim statement
 // takes its snapshot after the lock is granted, and under READ COMMITTED it therefore sees every earlier claimer's
-// committed rows: count(IN_PROGRESS) is exact and the cap cannot be overshot (measured in shared/notes/stack-facts.md
-// §2.2: pg-boss's unlocked groupConcurrency overshot a cap of 30 by up to 20; under this lock it was exact every
-// round). Freeing a slot needs no lock: it only lowers the count.
+// committed rows: count(IN_PROGRESS) is exact and the cap cannot be overshot (measured when the design was chosen:
+// pg-boss's unlocked groupConcurrency overshot a cap of 30 by up to 20 with 8 instances; under this lock it was exact
+// every round; docs/design.md). Freeing a slot needs no lock: it only lowers the count.
 //
 // Invariant: never two IN_PROGRESS calls to one phone. The claim skips phones that have one and takes one call per
 // phone; the partial unique index calls_one_live_call_per_phone enforces it regardless of this code.
