@@ -48,14 +48,9 @@ describe('a database that refuses connections while a dial result is recorded', 
     expect(call).toMatchObject({ id, status: 'COMPLETED', attempts: 1 })
     expect(dialsPerCall(stack.sim).get(id as string)).toHaveLength(1) // the 429 is not counted as a dial
     const kinds = await t.db.selectFrom('call_events').select('kind').where('call_id', '=', id!).orderBy('id').execute()
-    expect(kinds.map((k) => k.kind)).toEqual([
-      'CREATED',
-      'CLAIMED',
-      'DIAL_THROTTLED',
-      'CLAIMED',
-      'DIAL_ACCEPTED',
-      'WEBHOOK',
-    ])
+    // the webhook may be recorded before the accepted dial (their order is the provider's)
+    expect(kinds.map((k) => k.kind).slice(0, 4)).toEqual(['CREATED', 'CLAIMED', 'DIAL_THROTTLED', 'CLAIMED'])
+    expect(kinds.map((k) => k.kind).slice(4).sort()).toEqual(['DIAL_ACCEPTED', 'WEBHOOK'])
   }, 30_000)
 })
 
