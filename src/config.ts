@@ -139,6 +139,9 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   if (realPlatform && env.AI_CALL_PROVIDER === 'retell' && !env.RETELL_FROM_NUMBER) {
     problems.push('RETELL_FROM_NUMBER: required with AI_CALL_PROVIDER=retell and AI_CALL_API_KEY')
   }
+  if (env.AI_CALL_PROVIDER !== 'generic' && env.AI_CALL_API_URL && !env.AI_CALL_API_KEY) {
+    problems.push(`AI_CALL_API_KEY: required with AI_CALL_PROVIDER=${env.AI_CALL_PROVIDER} and AI_CALL_API_URL`)
+  }
   if (problems.length > 0) throw new ConfigError(problems)
 
   return {

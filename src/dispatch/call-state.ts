@@ -36,6 +36,7 @@ export const EVENT_KINDS = [
   'EXPIRED',
   'TIMED_OUT',
   'RETRY_REQUESTED',
+  'RECONCILED',
 ] as const
 export type EventKind = (typeof EVENT_KINDS)[number]
 
@@ -61,6 +62,7 @@ export const CALL_ERRORS = {
   dialError: 'DIAL_ERROR', // 5xx, timeout or connection error while dialing
   dialRejected: 'DIAL_REJECTED', // a 4xx other than 429: the provider will never accept this call
   timeout: 'CALL_TIMEOUT', // no final webhook within CALL_TIMEOUT_MS
+  lostCall: 'PROVIDER_LOST_CALL', // the provider has no record of a call it accepted: nobody was phoned
 } as const
 
 export interface RetryPolicy {
