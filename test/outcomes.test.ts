@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { PROVIDER_FINAL } from '../src/dispatch/call-state.ts'
 import { classifyEnd, findOutcomeRow, RETELL_OUTCOMES, VAPI_OUTCOMES } from '../src/providers/outcomes.ts'
@@ -50,6 +51,14 @@ describe('the outcome table', () => {
   it('makes an unknown or missing reason FAILED, flagged unknown', () => {
     expect(classifyEnd('vapi', 'something-new')).toEqual({ outcome: 'FAILED', fault: 'platform', known: false })
     expect(classifyEnd('retell', undefined)).toEqual({ outcome: 'FAILED', fault: 'platform', known: false })
+  })
+
+  it('is printed row for row in docs/providers.md', () => {
+    const doc = readFileSync(new URL('../docs/providers.md', import.meta.url), 'utf8')
+    const missing = [...RETELL_OUTCOMES, ...VAPI_OUTCOMES].filter(
+      (r) => !doc.includes(`| \`${r.reason}\` | ${r.outcome} | ${r.fault} |`),
+    )
+    expect(missing.map((r) => r.reason)).toEqual([])
   })
 
   it('uses only our outcome vocabulary', () => {
