@@ -182,7 +182,8 @@ describe.each(['retell', 'vapi'] as const)('%s', (platform) => {
   })
 
   it('applies a correctly signed webhook; refuses a wrong, a missing and a replayed signature, writing nothing', async () => {
-    app = await apiOnly(t, envFor(platform, { MAX_RETRY_ATTEMPTS: '1' }))
+    // API_KEYS set: the webhook route is authenticated by its signature, not by a client key
+    app = await apiOnly(t, envFor(platform, { MAX_RETRY_ATTEMPTS: '1', API_KEYS: 'client-key' }))
     const id = await inProgressCall()
     const payload = finalBody(platform, id, 1, platform === 'retell' ? 'user_hangup' : 'customer-ended-call')
     const body = JSON.stringify(payload)
