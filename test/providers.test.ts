@@ -146,7 +146,7 @@ function rowExamples(platform: Platform): [OutcomeRow, string][] {
 
 describe.each(['retell', 'vapi'] as const)('%s', (platform) => {
   it('sends the documented create-call request through the SDK, with our ids in the platform metadata', async () => {
-    stack = await platformStack(platform)
+    stack = await platformStack(platform, {}, { progressEvents: true })
     const [id] = await stack.createCalls(1, () => '+966501234567', {
       scriptId: 'welcome',
       metadata: { name: 'Sara', visits: 3 },
@@ -177,6 +177,11 @@ describe.each(['retell', 'vapi'] as const)('%s', (platform) => {
     expect(call.provider_call_id).toBe(dial?.providerCallId)
     expect(call.last_result).toMatchObject({ provider: platform, providerCallId: dial?.providerCallId })
     expect(call.last_result?.recordingUrl).toMatch(/^https:\/\//)
+    // events that are not the end are acknowledged and kept in the history, nothing more
+    const progress = (await eventsOf(id as string)).filter((e) => e.detail.outcome === 'progress').map((e) => e.status)
+    expect(progress).toEqual(
+      platform === 'retell' ? ['call_started'] : ['status-update:ringing', 'status-update:in-progress'],
+    )
     const res = await stack.api('GET', `/api/v1/calls/${id}`)
     expect(res.body.data.result).toMatchObject({ provider: platform, endReason: expect.any(String) })
   })

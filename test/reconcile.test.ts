@@ -64,6 +64,15 @@ describe('reconciliation', () => {
     expect(stack.sim.stats().polls).toHaveLength(1)
   })
 
+  it('keeps what a generic webhook reported as the call result', async () => {
+    stack = await startStack(t)
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    const c = await callRow(id as string)
+    expect(c.last_result).toMatchObject({ provider: 'generic', endReason: 'COMPLETED', durationSec: 0 })
+    expect(c.last_result?.providerCallId).toBe(c.provider_call_id)
+  })
+
   it('leaves calls younger than RECONCILE_AFTER_MS alone', async () => {
     stack = await startStack(t, { RECONCILE_AFTER_MS: '60000', RECONCILE_INTERVAL_MS: '600000' })
     stack.sim.configure({ dropFinalWebhooks: 1 })

@@ -10,6 +10,7 @@ import {
 import { settleAttempt } from '../../dispatch/settle.ts'
 import { SIGNATURE_HEADER, verify } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
+import { recordAttemptResult } from '../../sql/provider-results.ts'
 import type { AppDeps } from '../deps.ts'
 import { apiError, errorBody, errorRef } from '../errors.ts'
 
@@ -125,6 +126,14 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         durationSec: body.durationSec ?? null,
       })
       if (result.outcome === 'unknown_call') return notFound()
+      // what the provider reported, for the call's `result` (issue 13); the history row above holds it too
+      await recordAttemptResult(db, callId, attempt, {
+        provider: 'generic',
+        providerCallId: body.callId,
+        endReason: body.status,
+        ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
+        ...(body.completedAt ? { endedAt: body.completedAt } : {}),
+      })
       metrics?.webhook(body.status, result.outcome, body.callId)
       metrics?.attemptEnded(end, result)
       req.log.info(
