@@ -1,4 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { Vapi } from '@vapi-ai/server-sdk'
+import type Retell from 'retell-sdk'
 import { verify as verifyRetell } from 'retell-sdk'
 import { Type } from 'typebox'
 import { applyFinalReport } from '../../dispatch/final-report.ts'
@@ -41,6 +43,20 @@ const Ack = Type.Object({
   }),
 })
 const responses = { 200: Ack, 400: errorRef, 401: errorRef }
+
+/** The parts of a Vapi server message this route reads (the SDK's ServerMessage* types, all optional here). */
+type VapiMessage = {
+  type: string
+  status?: string
+  endedReason?: string
+  call?: Partial<Vapi.Call> & { id: string }
+  artifact?: Partial<Vapi.Artifact>
+  cost?: number
+  startedAt?: string
+  endedAt?: string
+  durationSeconds?: number
+}
+type RetellCall = Partial<Retell.Call.PhoneCallResponse> & { call_id: string }
 
 type Outcome = 'applied' | 'late' | 'duplicate' | 'stale' | 'progress' | 'ignored'
 
@@ -128,9 +144,9 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
       },
     },
     async (req) => {
-      const m = req.body.message as Record<string, any>
-      const call = m.call as Record<string, any> | undefined
-      const providerCallId = call?.id as string | undefined
+      const m = req.body.message as VapiMessage
+      const call = m.call
+      const providerCallId = call?.id
       const t = providerCallId ? await target(call?.assistantOverrides?.metadata, providerCallId) : undefined
       const ends = m.type === 'end-of-call-report' || (m.type === 'status-update' && m.status === 'ended')
       const report = ends
@@ -172,8 +188,8 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
     },
     async (req) => {
       const { event } = req.body
-      const call = req.body.call as Record<string, any>
-      const t = await target(call.metadata, call.call_id as string)
+      const call = req.body.call as RetellCall
+      const t = await target(call.metadata, call.call_id)
       const report = event === 'call_ended' || event === 'call_analyzed' ? retellReport(call) : undefined
       return { success: true as const, data: { outcome: await handle('retell', t, event, report) } }
     },
