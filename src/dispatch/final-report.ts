@@ -56,8 +56,9 @@ export async function applyFinalReport(
     },
     durationSec: report.result.durationSec ?? null,
   })
-  if (result.outcome !== 'unknown_call') {
-    await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result })
+  if (result.outcome !== 'unknown_call' && result.outcome !== 'stale') {
+    const applied = result.outcome === 'applied' || result.outcome === 'late'
+    await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result }, applied)
   }
   return result
 }

@@ -126,14 +126,22 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         durationSec: body.durationSec ?? null,
       })
       if (result.outcome === 'unknown_call') return notFound()
-      // what the provider reported, for the call's `result` (issue 13); the history row above holds it too
-      await recordAttemptResult(db, callId, attempt, {
-        provider: 'generic',
-        providerCallId: body.callId,
-        endReason: body.status,
-        ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
-        ...(body.completedAt ? { endedAt: body.completedAt } : {}),
-      })
+      // what the provider reported, for the call's `result` (issue 13); a duplicate changes nothing
+      if (result.outcome === 'applied' || result.outcome === 'late') {
+        await recordAttemptResult(
+          db,
+          callId,
+          attempt,
+          {
+            provider: 'generic',
+            providerCallId: body.callId,
+            endReason: body.status,
+            ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
+            ...(body.completedAt ? { endedAt: body.completedAt } : {}),
+          },
+          true,
+        )
+      }
       metrics?.webhook(body.status, result.outcome, body.callId)
       metrics?.attemptEnded(end, result)
       req.log.info(
