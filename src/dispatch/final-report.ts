@@ -3,7 +3,7 @@ import type { DB } from '../db/database.ts'
 import type { FinalReport } from '../providers/types.ts'
 import type { EndAttemptInput, EndAttemptResult } from '../sql/attempts.ts'
 import { recordAttemptResult } from '../sql/provider-results.ts'
-import { CALL_ERRORS, endAttempt as decideEnd, type RetryPolicy, webhookError } from './call-state.ts'
+import { CALL_ERRORS, decideAttemptEnd as decideEnd, type RetryPolicy, webhookError } from './call-state.ts'
 
 // One path from a platform's report of a call's end to the committed end of the attempt, whether the report came by
 // webhook (routes/provider-callbacks.ts) or by poll (reconcile.ts): the same decision, the same statement, so a
@@ -30,6 +30,9 @@ export async function applyFinalReport(
         kind: 'throttled',
         retryAfterMs: undefined,
         error: { code: 'PROVIDER_BUSY', message },
+        // a capacity refusal reported after the dial: this call's throttle history is not at hand here
+        throttles: 0,
+        throttledForMs: 0,
       })
     : report.permanent
       ? decideEnd(deps.policy, target.attempt, {

@@ -75,7 +75,8 @@ export function createRetellProvider(o: RetellOptions): CallProvider {
 
 function dialError(err: unknown, timeoutMs: number): Exclude<DialResult, { kind: 'accepted' }> {
   if (err instanceof APIConnectionTimeoutError) {
-    return { kind: 'failed', error: { code: 'DIAL_ERROR', message: `Retell did not answer within ${timeoutMs} ms` } }
+    // sent, no answer: the call may have been placed; it keeps its slot and is never dialed again for this attempt
+    return { kind: 'unknown', error: { code: 'DIAL_ERROR', message: `Retell did not answer within ${timeoutMs} ms` } }
   }
   if (err instanceof APIError && typeof err.status === 'number') {
     const message = `Retell answered ${err.status}: ${JSON.stringify(err.error ?? '').slice(0, 200)}`

@@ -23,6 +23,7 @@ export type DialFault =
   | { kind: 'slow'; delayMs: number } // wait delayMs before answering 202 (the call then proceeds normally)
   | { kind: 'hang' } // never answer (socket left open until close())
   | { kind: 'webhookFirst' } // run the call and deliver its final webhook, then answer the dial
+  | { kind: 'no_call_id' } // place the call but answer 202 {"id": ...}: a dial whose outcome the client cannot know
 
 export interface SimulatorOptions {
   port?: number // 0 = ephemeral (default 0)
@@ -41,6 +42,8 @@ export interface SimulatorOptions {
   loseCalls?: number
   /** Every call ends with this platform end reason instead of the outcome's usual one (Vapi and Retell dialects). */
   endReason?: string | undefined
+  /** Awaited before each dial is answered (tests use it to break something at exactly that moment). */
+  beforeAnswer?: (rec: DialRecord) => Promise<void> | void
   logger?: { info: (obj: object, msg?: string) => void; warn: (obj: object, msg?: string) => void }
 }
 
@@ -90,6 +93,7 @@ export interface Simulator {
         | 'dropFinalWebhooks'
         | 'loseCalls'
         | 'endReason'
+        | 'beforeAnswer'
       >
     > & { fault?: DialFault },
   ): void
@@ -112,6 +116,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     dropFinalWebhooks: options.dropFinalWebhooks ?? 0,
     loseCalls: options.loseCalls ?? 0,
     endReason: options.endReason,
+    beforeAnswer: options.beforeAnswer as SimulatorOptions['beforeAnswer'],
   }
   const calls = new Map<string, SimCall>() // by platform call id, for get-call
   const lostCalls = new Set<string>()
@@ -270,6 +275,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     rec.to = dial.to
     rec.idempotencyKey = dial.key
 
+    await settings.beforeAnswer?.(rec)
     const fault = settings.fault
     if (fault.kind === 'error') return answer(res, rec, fault.status, { error: 'simulated provider error' })
     if (fault.kind === 'throttle') {
@@ -341,7 +347,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     if (res.destroyed) return start()
     res.once('close', start)
-    send(res, status, spec.created(call), {}, start)
+    send(res, status, fault.kind === 'no_call_id' ? { id: callId } : spec.created(call), {}, start)
   }
 
   function handlePoll(dialect: Dialect, id: string, req: http.IncomingMessage, res: http.ServerResponse) {
@@ -409,6 +415,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       if (patch.dropFinalWebhooks !== undefined) settings.dropFinalWebhooks = patch.dropFinalWebhooks
       if (patch.loseCalls !== undefined) settings.loseCalls = patch.loseCalls
       if ('endReason' in patch) settings.endReason = patch.endReason
+      if ('beforeAnswer' in patch) settings.beforeAnswer = patch.beforeAnswer
     },
     idle(timeoutMs = 30_000) {
       if (pending === 0) return Promise.resolve()

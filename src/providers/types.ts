@@ -1,4 +1,4 @@
-import type { CallError, ProviderFinal } from '../dispatch/call-state.ts'
+import { CALL_ERRORS, type CallError, type ProviderFinal } from '../dispatch/call-state.ts'
 import type { DialRequest, DialResult, Provider } from './generic.ts'
 import type { Fault } from './outcomes.ts'
 
@@ -85,16 +85,17 @@ export function scriptMapper(map: Record<string, string>) {
 
 /**
  * A dial the platform answered with an HTTP error. 429, or a refusal that names the concurrency limit, is throttled
- * (no attempt spent); 401, 402 and 403 are our account's problem, not this call's: a failed dial, retried, never a
- * permanent rejection of the call; other 4xx reject this call; 5xx failed.
+ * (no attempt spent); 401, 402 and 403 are our account's problem, not this call's: unauthorized (a provider outage,
+ * no attempt spent), never a permanent rejection of the call; other 4xx reject this call; 5xx failed.
  */
 export function dialResultFromStatus(status: number, message: string, retryAfterMs: number | undefined): DialResult {
   if (status === 429 || (status >= 400 && status < 500 && /concurrency|rate.?limit/i.test(message))) {
     return { kind: 'throttled', retryAfterMs, error: { code: 'PROVIDER_BUSY', message } }
   }
-  if (status === 401 || status === 402 || status === 403 || status >= 500) {
-    return { kind: 'failed', error: { code: 'DIAL_ERROR', message } }
+  if (status === 401 || status === 402 || status === 403) {
+    return { kind: 'unauthorized', error: { code: CALL_ERRORS.providerUnauthorized, message } }
   }
+  if (status >= 500) return { kind: 'failed', error: { code: 'DIAL_ERROR', message } }
   return { kind: 'rejected', error: { code: 'DIAL_REJECTED', message } }
 }
 

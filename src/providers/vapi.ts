@@ -78,7 +78,8 @@ export function createVapiProvider(o: VapiOptions): CallProvider {
 
 function dialError(err: unknown, timeoutMs: number): Exclude<DialResult, { kind: 'accepted' }> {
   if (err instanceof VapiTimeoutError) {
-    return { kind: 'failed', error: { code: 'DIAL_ERROR', message: `Vapi did not answer within ${timeoutMs} ms` } }
+    // sent, no answer: the call may have been placed; it keeps its slot and is never dialed again for this attempt
+    return { kind: 'unknown', error: { code: 'DIAL_ERROR', message: `Vapi did not answer within ${timeoutMs} ms` } }
   }
   if (err instanceof VapiError && err.statusCode !== undefined) {
     const retryAfter = err.rawResponse?.headers.get('retry-after') ?? undefined

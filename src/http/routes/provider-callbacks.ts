@@ -3,8 +3,8 @@ import type { Vapi } from '@vapi-ai/server-sdk'
 import type Retell from 'retell-sdk'
 import { verify as verifyRetell } from 'retell-sdk'
 import { Type } from 'typebox'
-import { applyFinalReport } from '../../dispatch/final-report.ts'
-import { settleAttempt } from '../../dispatch/settle.ts'
+import { applyFinalReport, type EndAttempt } from '../../dispatch/final-report.ts'
+import type { Recorder } from '../../dispatch/recorder.ts'
 import { retellReport } from '../../providers/retell.ts'
 import { correlationOf, type FinalReport } from '../../providers/types.ts'
 import { vapiReport } from '../../providers/vapi.ts'
@@ -39,7 +39,7 @@ const RetellBody = Type.Object({
 const Ack = Type.Object({
   success: Type.Literal(true),
   data: Type.Object({
-    outcome: Type.Enum(['applied', 'late', 'duplicate', 'stale', 'progress', 'ignored']),
+    outcome: Type.Enum(['applied', 'late', 'duplicate', 'stale', 'mismatch', 'progress', 'ignored']),
   }),
 })
 const responses = { 200: Ack, 400: errorRef, 401: errorRef }
@@ -58,10 +58,10 @@ type VapiMessage = {
 }
 type RetellCall = Partial<Retell.Call.PhoneCallResponse> & { call_id: string }
 
-type Outcome = 'applied' | 'late' | 'duplicate' | 'stale' | 'progress' | 'ignored'
+type Outcome = 'applied' | 'late' | 'duplicate' | 'stale' | 'mismatch' | 'progress' | 'ignored'
 
 export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, deps) => {
-  const { db, config, wakeup, metrics } = deps
+  const { db, config, recorder, metrics } = deps
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
     req.rawBody = body as Buffer
     try {
@@ -76,7 +76,7 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
       )
     }
   })
-  const endAttempt = (input: Parameters<typeof settleAttempt>[2]) => settleAttempt(db, wakeup, input)
+  const endAttempt: EndAttempt = (input) => (recorder as Recorder).settle(input, { patienceMs: 10_000 })
   const policy = config.dispatch
 
   const refuse = (reply: { code(n: number): { send(b: unknown): unknown } }, provider: string, reason: string) => {
