@@ -258,7 +258,7 @@ describe.each(['retell', 'vapi'] as const)('%s', (platform) => {
 
   it('settles a call whose webhook arrives before the create-call response', async () => {
     // the simulator answers only after our webhook handler answered it: give the dial time for that under load
-    stack = await platformStack(platform, { PROVIDER_TIMEOUT_MS: '10000' })
+    stack = await platformStack(platform, { PROVIDER_TIMEOUT_MS: '10000', CALL_TIMEOUT_MS: '30000' })
     stack.sim.configure({ fault: { kind: 'webhookFirst' } })
     const ids = await stack.createCalls(3, (i) => phone(i))
     const calls = await stack.waitAllFinal()

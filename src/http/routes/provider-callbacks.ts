@@ -11,7 +11,7 @@ import { vapiReport } from '../../providers/vapi.ts'
 import { verifyVapi } from '../../providers/vapi-signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
 import type { AppDeps } from '../deps.ts'
-import { apiError, errorBody, errorRef } from '../errors.ts'
+import { apiError, errorBody, errorResponse } from '../errors.ts'
 
 // The Vapi and Retell webhooks, each verified the platform's way before its body is looked at: Retell signs with
 // the account's API key (x-retell-signature, checked by the SDK's verify), Vapi with WEBHOOK_SECRET
@@ -42,7 +42,11 @@ const Ack = Type.Object({
     outcome: Type.Enum(['applied', 'late', 'duplicate', 'stale', 'mismatch', 'progress', 'ignored']),
   }),
 })
-const responses = { 200: Ack, 400: errorRef, 401: errorRef }
+const responses = {
+  200: Ack,
+  400: errorResponse('VALIDATION_ERROR or INVALID_JSON'),
+  401: errorResponse('INVALID_SIGNATURE: the signature is missing, malformed, stale or wrong'),
+}
 
 /** The parts of a Vapi server message this route reads (the SDK's ServerMessage* types, all optional here). */
 type VapiMessage = {
@@ -129,6 +133,7 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
     {
       schema: {
         operationId: 'vapiWebhook',
+        security: [],
         tags: ['callbacks'],
         summary: 'Vapi server messages (set this URL as the server URL of the assistant or phone number)',
         description:
@@ -136,6 +141,8 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
         body: VapiBody,
         response: responses,
       },
+      // a platform's bursts of webhooks must never be refused
+      config: { rateLimit: false },
       preValidation: async (req, reply) => {
         const secret = config.webhook.secret
         if (!secret) return
@@ -166,6 +173,7 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
     {
       schema: {
         operationId: 'retellWebhook',
+        security: [],
         tags: ['callbacks'],
         summary: "Retell webhooks (set this URL as the agent's or the account's webhook URL)",
         description:
@@ -173,6 +181,8 @@ export const providerCallbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async 
         body: RetellBody,
         response: responses,
       },
+      // a platform's bursts of webhooks must never be refused
+      config: { rateLimit: false },
       preValidation: async (req, reply) => {
         const key = config.provider.apiKey
         const header = req.headers['x-retell-signature']
