@@ -2,6 +2,7 @@ import pino from 'pino'
 import { type SimOutcome, startSimulator } from '../src/providers/simulator.ts'
 
 // `npm run simulator`: the provider simulator on its own (compose runs it this way), configured from the environment.
+// It speaks the generic, Vapi and Retell dialects at once; SIM_WEBHOOK_BASE_URL is where Vapi and Retell webhooks go.
 const env = process.env
 const log = pino({ name: 'simulator', level: env.LOG_LEVEL ?? 'info' })
 
@@ -32,6 +33,16 @@ try {
     outcomes: weights(env.SIM_OUTCOMES || 'COMPLETED=80,FAILED=5,BUSY=5,NO_ANSWER=5,NO_WEBHOOK=5'),
     ...(env.WEBHOOK_SECRET ? { webhookSecret: env.WEBHOOK_SECRET } : {}),
     ...(env.AI_CALL_API_KEY ? { apiKey: env.AI_CALL_API_KEY } : {}),
+    // Vapi and Retell call back a URL set on their side; here: the orchestrator's routes for them.
+    ...(env.SIM_WEBHOOK_BASE_URL
+      ? {
+          webhookUrls: {
+            vapi: `${env.SIM_WEBHOOK_BASE_URL}/api/v1/callbacks/vapi`,
+            retell: `${env.SIM_WEBHOOK_BASE_URL}/api/v1/callbacks/retell`,
+          },
+        }
+      : {}),
+    dropFinalWebhooks: int('SIM_DROP_FINAL_PERCENT', 0, 100) / 100,
     logger: log,
   })
   let stopping = false

@@ -32,8 +32,17 @@ export const EnvSchema = Type.Object({
   DB_POOL_MAX: Int(10, 2, 200, 'connections in the service pool'),
   EMBEDDED_PG_PORT: Int(54329, 1, 65535, 'port of the embedded PostgreSQL'),
   EMBEDDED_PG_DIR: Type.String({ default: '.data/postgres', minLength: 1 }),
-  AI_CALL_API_URL: Url('provider base URL; unset: the built-in simulator'),
-  AI_CALL_API_KEY: Text('provider bearer token'),
+  AI_CALL_PROVIDER: Type.Enum(['generic', 'vapi', 'retell'], { default: 'generic' }),
+  AI_CALL_API_URL: Url("provider base URL; unset: the platform's public endpoint with a key, else the simulator"),
+  AI_CALL_API_KEY: Text('provider bearer token (Retell: also the key its webhooks are signed with)'),
+  VAPI_PHONE_NUMBER_ID: Text('Vapi: the phoneNumberId calls are placed from'),
+  RETELL_FROM_NUMBER: Text('Retell: the from_number (E.164) calls are placed from'),
+  PROVIDER_SCRIPT_MAP: Type.Optional(
+    Type.String({ pattern: '^[^=,\\s]+=[^=,\\s]+(,[^=,\\s]+=[^=,\\s]+)*$', description: 'ours=theirs,...' }),
+  ),
+  RECONCILE_INTERVAL_MS: Int(MINUTE, 50, 24 * HOUR, 'how often silent calls are looked up at the provider'),
+  RECONCILE_AFTER_MS: Int(5 * MINUTE, 0, 7 * 24 * HOUR, 'a call in progress this long is looked up'),
+  RECONCILE_MAX_PER_MINUTE: Int(120, 0, 100_000, 'provider look-ups per minute, all instances together'),
   WEBHOOK_BASE_URL: Url('public base URL the provider calls back; default http://localhost:$PORT'),
   WEBHOOK_SECRET: Text('HMAC secret of provider webhooks'),
   MAX_CONCURRENT_CALLS: Int(30, 1, 10_000, 'global cap of IN_PROGRESS calls'),
@@ -82,7 +91,17 @@ export interface Config {
   dbPoolMax: number
   dbStatementTimeoutMs: number
   embeddedPg: { port: number; dir: string }
-  provider: { url: string | undefined; apiKey: string | undefined; timeoutMs: number }
+  provider: {
+    name: Env['AI_CALL_PROVIDER']
+    url: string | undefined
+    apiKey: string | undefined
+    timeoutMs: number
+    vapiPhoneNumberId: string | undefined
+    retellFromNumber: string | undefined
+    /** PROVIDER_SCRIPT_MAP: our scriptId -> the platform's assistant or agent id. */
+    scriptMap: Record<string, string>
+  }
+  reconcile: { intervalMs: number; afterMs: number; maxPerMinute: number }
   /** baseUrl undefined: http://localhost:<the port the server got>. */
   webhook: { baseUrl: string | undefined; secret: string | undefined }
   dispatch: {
@@ -146,6 +165,17 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     if (apiKeys.length === 0) problems.push('API_KEYS: required when NODE_ENV=production')
     if (!env.WEBHOOK_SECRET) problems.push('WEBHOOK_SECRET: required when NODE_ENV=production')
   }
+  // With a key and no URL the service dials the platform itself, which needs the caller identity.
+  const realPlatform = env.AI_CALL_API_KEY !== undefined && env.AI_CALL_API_URL === undefined
+  if (realPlatform && env.AI_CALL_PROVIDER === 'vapi' && !env.VAPI_PHONE_NUMBER_ID) {
+    problems.push('VAPI_PHONE_NUMBER_ID: required with AI_CALL_PROVIDER=vapi and AI_CALL_API_KEY')
+  }
+  if (realPlatform && env.AI_CALL_PROVIDER === 'retell' && !env.RETELL_FROM_NUMBER) {
+    problems.push('RETELL_FROM_NUMBER: required with AI_CALL_PROVIDER=retell and AI_CALL_API_KEY')
+  }
+  if (env.AI_CALL_PROVIDER !== 'generic' && env.AI_CALL_API_URL && !env.AI_CALL_API_KEY) {
+    problems.push(`AI_CALL_API_KEY: required with AI_CALL_PROVIDER=${env.AI_CALL_PROVIDER} and AI_CALL_API_URL`)
+  }
   const newRateNames = Object.keys(EnvSchema.properties).filter((k) => /^RATE_LIMIT_(READ|WRITE)/.test(k))
   if (env.RATE_LIMIT_MAX !== undefined && newRateNames.some((k) => source[k]?.trim())) {
     problems.push(`RATE_LIMIT_MAX: set either it (the older form) or ${newRateNames.join(', ')}, not both`)
@@ -167,6 +197,20 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       url: env.AI_CALL_API_URL?.replace(/\/+$/, ''),
       apiKey: env.AI_CALL_API_KEY,
       timeoutMs: env.PROVIDER_TIMEOUT_MS,
+      name: env.AI_CALL_PROVIDER,
+      vapiPhoneNumberId: env.VAPI_PHONE_NUMBER_ID,
+      retellFromNumber: env.RETELL_FROM_NUMBER,
+      scriptMap: Object.fromEntries(
+        (env.PROVIDER_SCRIPT_MAP ?? '')
+          .split(',')
+          .filter(Boolean)
+          .map((pair) => pair.split('=') as [string, string]),
+      ),
+    },
+    reconcile: {
+      intervalMs: env.RECONCILE_INTERVAL_MS,
+      afterMs: env.RECONCILE_AFTER_MS,
+      maxPerMinute: env.RECONCILE_MAX_PER_MINUTE,
     },
     webhook: {
       baseUrl: env.WEBHOOK_BASE_URL?.replace(/\/+$/, ''),

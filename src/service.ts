@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { Kysely } from 'kysely'
 import type { PgBoss } from 'pg-boss'
@@ -6,11 +7,12 @@ import type { Config } from './config.ts'
 import { createDb, createPool, type DB, migrateToLatest } from './db/database.ts'
 import { type EmbeddedDb, startEmbeddedDb } from './db/embedded.ts'
 import { createDispatcher, type Dispatcher } from './dispatch/dispatcher.ts'
+import { createReconciler, type Reconciler } from './dispatch/reconcile.ts'
 import { createRecorder } from './dispatch/recorder.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
 import { createMetrics } from './ops/metrics.ts'
-import { createProvider } from './providers/generic.ts'
+import { createCallProvider } from './providers/index.ts'
 import { webhookUrlToken } from './providers/signature.ts'
 import { type Simulator, startSimulator } from './providers/simulator.ts'
 import { saveDispatchSettings } from './sql/settings.ts'
@@ -23,6 +25,7 @@ export interface Service {
   db: Kysely<DB>
   boss: PgBoss
   dispatcher: Dispatcher | undefined
+  reconciler: Reconciler | undefined
   simulator: Simulator | undefined
   /** Base URL the HTTP server listens on, e.g. http://127.0.0.1:3000 */
   url: string
@@ -30,7 +33,8 @@ export interface Service {
   stop(): Promise<void>
 }
 
-export async function startService(config: Config, log: Logger): Promise<Service> {
+export async function startService(configIn: Config, log: Logger): Promise<Service> {
+  let config = configIn
   let embedded: EmbeddedDb | undefined
   if (!config.databaseUrl) {
     embedded = await startEmbeddedDb({
@@ -62,7 +66,13 @@ export async function startService(config: Config, log: Logger): Promise<Service
   const boss = await startQueue(databaseUrl, log, { statementTimeoutMs: config.dbStatementTimeoutMs })
 
   let simulator: Simulator | undefined
-  if (!config.provider.url) {
+  const platform = config.provider.name !== 'generic'
+  // Vapi or Retell with a key and no URL: the platform's public endpoint. Without either: the simulator, in that
+  // platform's dialect, with a key made up for this run (Retell signs its webhooks with the API key).
+  if (platform && !config.provider.url && !config.provider.apiKey) {
+    config = { ...config, provider: { ...config.provider, apiKey: `sim_${randomBytes(16).toString('hex')}` } }
+  }
+  if (!config.provider.url && !(platform && configIn.provider.apiKey)) {
     simulator = await startSimulator({
       callDurationMs: config.simulator.callDurationMs,
       outcomes: config.simulator.outcomes,
@@ -71,11 +81,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     })
     log.info({ url: simulator.url }, 'AI_CALL_API_URL is not set: dialing the built-in provider simulator')
   }
-  const provider = createProvider({
-    baseUrl: config.provider.url ?? (simulator as Simulator).url,
-    apiKey: config.provider.apiKey,
-    timeoutMs: config.provider.timeoutMs,
-  })
+  const provider = createCallProvider(config, config.provider.url ?? simulator?.url)
 
   let dispatcher: Dispatcher | undefined
   const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
@@ -88,6 +94,10 @@ export async function startService(config: Config, log: Logger): Promise<Service
   const port = typeof address === 'object' && address ? address.port : config.port
   // Without WEBHOOK_BASE_URL the provider calls back to this process, on the port it really got.
   const webhookBase = config.webhook.baseUrl ?? `http://localhost:${port}`
+  simulator?.configure({
+    webhookUrls: { vapi: `${webhookBase}/api/v1/callbacks/vapi`, retell: `${webhookBase}/api/v1/callbacks/retell` },
+  })
+  let reconciler: Reconciler | undefined
 
   if (config.role !== 'api') {
     const d = createDispatcher({
@@ -109,11 +119,20 @@ export async function startService(config: Config, log: Logger): Promise<Service
       onSweep: metrics.swept,
     })
     dispatcher = d
+    reconciler = createReconciler({
+      db,
+      provider,
+      endAttempt: (input) => recorder.settle(input),
+      policy: config.dispatch,
+      log,
+      ...config.reconcile,
+    })
+    reconciler.start()
     await boss.work(QUEUES.callReady.name, { batchSize: 100, pollingIntervalSeconds: 1 }, async () => d.notify())
     d.start()
   }
   log.info(
-    { role: config.role, port, maxConcurrentCalls: config.dispatch.maxConcurrentCalls },
+    { role: config.role, port, provider: provider.name, maxConcurrentCalls: config.dispatch.maxConcurrentCalls },
     'call orchestrator ready',
   )
 
@@ -122,11 +141,13 @@ export async function startService(config: Config, log: Logger): Promise<Service
     db,
     boss,
     dispatcher,
+    reconciler,
     simulator,
     url: `http://127.0.0.1:${port}`,
     async stop() {
       // Claims stop first; dials in flight get the provider's timeout to answer and a little more to be recorded,
       // while the HTTP server still takes the webhooks of calls in progress. Then the server closes.
+      await reconciler?.stop()
       await dispatcher?.stop(config.shutdownGraceMs)
       recorder.close()
       // Requests in flight (webhooks of calls still in progress) get a few seconds, then every connection is closed:

@@ -30,7 +30,7 @@ afterAll(async () => {
   await t.drop()
 })
 
-const OPEN = ['getHealth', 'getPrometheusMetrics', 'receiveCallStatus']
+const OPEN = ['getHealth', 'getPrometheusMetrics', 'receiveCallStatus', 'vapiWebhook', 'retellWebhook']
 const OPERATIONS = [
   'createCall',
   'createCallBatch',
@@ -88,6 +88,8 @@ describe('the OpenAPI document', () => {
       getHealth: ['200', '429', '500', '503'],
       getPrometheusMetrics: ['200', '429', '500'],
       receiveCallStatus: ['200', '401', '404', '409', '500', ...body].sort(),
+      vapiWebhook: ['200', '401', '500', ...body].sort(),
+      retellWebhook: ['200', '401', '500', ...body].sort(),
     })
     const limited = operations().find((op) => op.operationId === 'createCall')
     expect(limited.responses['429'].headers['retry-after']).toBeDefined()

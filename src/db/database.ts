@@ -24,6 +24,8 @@ export interface CallsTable {
   last_error: { code: string; message: string } | null
   last_outcome: Generated<ProviderFinal | null>
   reported_attempt: Generated<number | null>
+  last_result: Generated<Record<string, unknown> | null>
+  reconciled_at: Generated<Date | null>
   throttles: Generated<number>
   throttled_since: Timestamp | null
   provider_call_id: string | null

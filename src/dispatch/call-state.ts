@@ -36,6 +36,7 @@ export const EVENT_KINDS = [
   'EXPIRED',
   'TIMED_OUT',
   'RETRY_REQUESTED',
+  'RECONCILED',
 ] as const
 export type EventKind = (typeof EVENT_KINDS)[number]
 
@@ -64,6 +65,7 @@ export const CALL_ERRORS = {
   providerBusy: 'PROVIDER_BUSY', // 429; a failed attempt once the call has been throttled for THROTTLE_MAX_MS
   providerUnauthorized: 'PROVIDER_UNAUTHORIZED', // 401/403: our credentials; no attempt spent
   timeout: 'CALL_TIMEOUT', // no final webhook within CALL_TIMEOUT_MS
+  lostCall: 'PROVIDER_LOST_CALL', // the provider has no record of a call it accepted: nobody was phoned
 } as const
 
 export interface RetryPolicy {

@@ -14,6 +14,7 @@ import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
 import { opsRoutes } from './routes/ops.ts'
+import { providerCallbackRoutes } from './routes/provider-callbacks.ts'
 
 export const BODY_LIMIT = 64 * 1024
 
@@ -112,6 +113,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     await app.register(dashboardRoutes, routeDeps)
   }
   await app.register(callbackRoutes, routeDeps)
+  await app.register(providerCallbackRoutes, routeDeps)
   await app.register(opsRoutes, routeDeps)
   return app
 }

@@ -1,16 +1,20 @@
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { setMaxListeners } from 'node:events'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
-import { sign } from './signature.ts'
+import { DIALECTS, type Dialect, routeOf, type SimCall, type SimOutcome } from './simulator/dialects.ts'
+
+export type { Dialect, SimOutcome }
 
 // A stand-in for the AI voice provider: accepts dials, "talks" for callDurationMs, then reports the outcome by
 // webhook, signed and retried like a real provider would. It also watches the orchestrator: how many calls it has
 // in progress (maxActive), whether two overlap on one phone, whether an attempt is dialed twice.
-
-export type SimOutcome = 'COMPLETED' | 'FAILED' | 'BUSY' | 'NO_ANSWER' | 'VOICEMAIL' | 'NO_WEBHOOK'
+// It speaks three dialects at once, each on its own paths (simulator/dialects.ts): the generic contract, Vapi and
+// Retell, so the official SDKs can be pointed at it. Each answers get-call, so reconciliation can be exercised:
+// dropFinalWebhooks drops the final webhook of a share of calls, loseCalls makes the platform forget a share of the
+// calls it accepted (no webhook, get-call answers 404).
 export type DialFault =
   | { kind: 'none' }
   | { kind: 'error'; status: number } // e.g. 500, 503: answer that status, start nothing
@@ -18,6 +22,7 @@ export type DialFault =
   | { kind: 'reject'; status?: number } // 4xx (default 400) permanent rejection
   | { kind: 'slow'; delayMs: number } // wait delayMs before answering 202 (the call then proceeds normally)
   | { kind: 'hang' } // never answer (socket left open until close())
+  | { kind: 'webhookFirst' } // run the call and deliver its final webhook, then answer the dial
   | { kind: 'no_call_id' } // place the call but answer 202 {"id": ...}: a dial whose outcome the client cannot know
 
 export interface SimulatorOptions {
@@ -29,12 +34,24 @@ export interface SimulatorOptions {
   outcomes?: Partial<Record<SimOutcome, number>> // weights, default { COMPLETED: 1 }
   progressEvents?: boolean
   webhookRetry?: { attempts: number; baseDelayMs: number }
+  /** Server URLs of the Vapi and Retell dialects: these platforms call back a URL configured on their side. */
+  webhookUrls?: Partial<Record<'vapi' | 'retell', string>>
+  /** Share (0..1) of calls whose final webhook is never sent; get-call still reports their end. */
+  dropFinalWebhooks?: number
+  /** Share (0..1) of accepted calls the platform forgets: no webhook, get-call answers 404. */
+  loseCalls?: number
+  /** Every call ends with this platform end reason instead of the outcome's usual one (Vapi and Retell dialects). */
+  endReason?: string | undefined
   /** Awaited before each dial is answered (tests use it to break something at exactly that moment). */
   beforeAnswer?: (rec: DialRecord) => Promise<void> | void
   logger?: { info: (obj: object, msg?: string) => void; warn: (obj: object, msg?: string) => void }
 }
 
 export interface DialRecord {
+  dialect: Dialect
+  /** The parsed request body as the client sent it. */
+  body: unknown
+  authorization: string | undefined
   idempotencyKey: string
   to: string
   providerCallId: string | null
@@ -55,6 +72,9 @@ export interface SimulatorStats {
   phoneOverlaps: number // dials accepted for a phone that already had an active call
   webhooksSent: number // deliveries started (progress and final), each counted once however often retried
   webhookFailures: number // deliveries that gave up
+  finalsDropped: number // final webhooks not sent (dropFinalWebhooks, NO_WEBHOOK)
+  lost: number // accepted calls the platform forgot (loseCalls)
+  polls: { dialect: Dialect; id: string; at: number; status: number }[] // get-call requests
 }
 
 export interface Simulator {
@@ -63,24 +83,26 @@ export interface Simulator {
   stats(): SimulatorStats
   resetStats(): void
   configure(
-    patch: Partial<Pick<SimulatorOptions, 'callDurationMs' | 'outcomes' | 'progressEvents' | 'beforeAnswer'>> & {
-      fault?: DialFault
-    },
+    patch: Partial<
+      Pick<
+        SimulatorOptions,
+        | 'callDurationMs'
+        | 'outcomes'
+        | 'progressEvents'
+        | 'webhookUrls'
+        | 'dropFinalWebhooks'
+        | 'loseCalls'
+        | 'endReason'
+        | 'beforeAnswer'
+      >
+    > & { fault?: DialFault },
   ): void
   /** Resolves when no call is active and no webhook delivery is pending (or rejects after timeoutMs). */
   idle(timeoutMs?: number): Promise<void>
   close(): Promise<void>
 }
 
-type Dial = { to: string; scriptId: string; webhookUrl: string }
-
 const OUTCOMES: readonly SimOutcome[] = ['COMPLETED', 'FAILED', 'BUSY', 'NO_ANSWER', 'VOICEMAIL', 'NO_WEBHOOK']
-const ERRORS: Partial<Record<SimOutcome, string>> = {
-  FAILED: 'agent error',
-  BUSY: 'line busy',
-  NO_ANSWER: 'no answer',
-  VOICEMAIL: 'reached voicemail',
-}
 const MAX_BODY_BYTES = 64 * 1024
 const now = () => performance.timeOrigin + performance.now()
 
@@ -90,8 +112,14 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     drawOutcome: outcomePicker(options.outcomes ?? { COMPLETED: 1 }),
     progressEvents: options.progressEvents ?? false,
     fault: { kind: 'none' } as DialFault,
+    webhookUrls: { ...options.webhookUrls },
+    dropFinalWebhooks: options.dropFinalWebhooks ?? 0,
+    loseCalls: options.loseCalls ?? 0,
+    endReason: options.endReason,
     beforeAnswer: options.beforeAnswer as SimulatorOptions['beforeAnswer'],
   }
+  const calls = new Map<string, SimCall>() // by platform call id, for get-call
+  const lostCalls = new Set<string>()
   const retry = options.webhookRetry ?? { attempts: 6, baseDelayMs: 100 }
   const log = options.logger
   const agent = new Agent({
@@ -135,14 +163,19 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   }
 
   /** POSTs one webhook until a 2xx, retrying with exponential backoff; resolves either way. */
-  async function deliver(webhookUrl: string, payload: object, rec?: DialRecord): Promise<void> {
+  async function deliver(dialect: Dialect, webhookUrl: string, payload: object, rec?: DialRecord): Promise<void> {
     const body = JSON.stringify(payload)
     stats.webhooksSent++
     for (let attempt = 1; attempt <= retry.attempts; attempt++) {
       if (closing.signal.aborted) return
-      const headers: Record<string, string> = { 'content-type': 'application/json' }
       // Signed per attempt, over the exact bytes sent, so a late retry is not rejected as stale.
-      if (options.webhookSecret) headers['x-signature'] = sign(options.webhookSecret, body)
+      const headers: Record<string, string> = {
+        'content-type': 'application/json',
+        ...(await DIALECTS[dialect].sign(body, {
+          ...(options.apiKey ? { apiKey: options.apiKey } : {}),
+          ...(options.webhookSecret ? { webhookSecret: options.webhookSecret } : {}),
+        })),
+      }
       try {
         const res = await request(webhookUrl, {
           method: 'POST',
@@ -172,31 +205,34 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     log?.warn({ webhookUrl, attempts: retry.attempts }, 'webhook delivery gave up')
   }
 
-  async function runCall(rec: DialRecord, to: string, webhookUrl: string, durationMs: number, progress: boolean) {
-    const outcome = rec.outcome as SimOutcome
-    const startedAt = now()
+  async function runCall(
+    rec: DialRecord,
+    call: SimCall,
+    webhookUrl: string | undefined,
+    durationMs: number,
+    progress: boolean,
+  ) {
+    const spec = DIALECTS[call.dialect]
+    const dropFinal = call.outcome === 'NO_WEBHOOK' || Math.random() < settings.dropFinalWebhooks
     try {
-      const events = progress
-        ? (async () => {
-            await deliver(webhookUrl, { callId: rec.providerCallId, status: 'RINGING' })
-            await deliver(webhookUrl, { callId: rec.providerCallId, status: 'IN_PROGRESS' })
-          })()
-        : undefined
+      const events =
+        progress && webhookUrl
+          ? (async () => {
+              for (const event of spec.progress(call)) await deliver(call.dialect, webhookUrl, event)
+            })()
+          : undefined
       if (durationMs === 0) await new Promise((resolve) => setImmediate(resolve))
       else await sleep(durationMs, undefined, { signal: closing.signal })
       await events
-      endActive(to)
-      if (outcome === 'NO_WEBHOOK' || closing.signal.aborted) return
-      const error = ERRORS[outcome]
-      rec.finalSentAt = now()
-      const final = {
-        callId: rec.providerCallId,
-        status: outcome,
-        durationSec: Math.round((rec.finalSentAt - startedAt) / 1000),
-        completedAt: new Date().toISOString(),
-        ...(error ? { error } : {}),
+      call.endedAt = Date.now()
+      endActive(call.to)
+      if (closing.signal.aborted) return
+      if (dropFinal || !webhookUrl) {
+        stats.finalsDropped++
+        return
       }
-      await deliver(webhookUrl, final, rec)
+      rec.finalSentAt = now()
+      await deliver(call.dialect, webhookUrl, spec.final(call), rec)
     } catch {
       // only close() interrupts a call
     } finally {
@@ -210,10 +246,20 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     send(res, status, body, headers)
   }
 
-  async function handleDial(req: http.IncomingMessage, res: http.ServerResponse, raw: string) {
-    const key = req.headers['idempotency-key']
+  async function handleDial(dialect: Dialect, req: http.IncomingMessage, res: http.ServerResponse, raw: string) {
+    const spec = DIALECTS[dialect]
+    const header = req.headers['idempotency-key']
+    let body: unknown
+    try {
+      body = JSON.parse(raw)
+    } catch {
+      body = undefined
+    }
     const rec: DialRecord = {
-      idempotencyKey: typeof key === 'string' ? key : '',
+      dialect,
+      body,
+      authorization: req.headers.authorization,
+      idempotencyKey: typeof header === 'string' ? header : '',
       to: '',
       providerCallId: null,
       status: 0,
@@ -223,17 +269,18 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) {
       return answer(res, rec, 401, { error: 'missing or wrong API key' })
     }
-    const dial = parseDial(raw)
+    if (body === undefined) return answer(res, rec, 400, { error: 'the body is not JSON' })
+    const dial = spec.parse(body, rec.idempotencyKey)
     if (typeof dial === 'string') return answer(res, rec, 400, { error: dial })
     rec.to = dial.to
-    if (!rec.idempotencyKey) return answer(res, rec, 400, { error: 'the Idempotency-Key header is required' })
+    rec.idempotencyKey = dial.key
 
     await settings.beforeAnswer?.(rec)
     const fault = settings.fault
     if (fault.kind === 'error') return answer(res, rec, fault.status, { error: 'simulated provider error' })
     if (fault.kind === 'throttle') {
       const retryAfter = fault.retryAfterSec === undefined ? {} : { 'retry-after': String(fault.retryAfterSec) }
-      return answer(res, rec, 429, { error: 'too many concurrent calls' }, retryAfter)
+      return answer(res, rec, 429, { error: 'too many concurrent calls: concurrency limit reached' }, retryAfter)
     }
     if (fault.kind === 'reject') return answer(res, rec, fault.status ?? 400, { error: 'simulated rejection' })
     if (fault.kind === 'hang') {
@@ -242,43 +289,90 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return
     }
 
-    const known = callIdByKey.get(rec.idempotencyKey)
-    if (known) {
+    // Only the generic contract drops a repeated Idempotency-Key; Vapi and Retell would place a second call.
+    const known = rec.idempotencyKey ? callIdByKey.get(rec.idempotencyKey) : undefined
+    if (known && dialect === 'generic') {
       stats.duplicates++
       rec.providerCallId = known
       return answer(res, rec, 202, { callId: known })
     }
-    const callId = `sim_${randomBytes(8).toString('hex')}`
+    if (known) stats.duplicates++
+    const callId = dialect === 'generic' ? `sim_${randomBytes(8).toString('hex')}` : randomUUID()
     // Reserved on arrival: a client that gives up on a slow answer and retries the key must not start a second call.
-    callIdByKey.set(rec.idempotencyKey, callId)
-    pending++
+    if (rec.idempotencyKey) callIdByKey.set(rec.idempotencyKey, callId)
     if (fault.kind === 'slow') {
+      pending++
       const aborted = await sleep(fault.delayMs, false, { signal: closing.signal }).catch(() => true)
-      if (aborted) return settle()
+      pending--
+      if (aborted) return
     }
     rec.providerCallId = callId
     rec.outcome = settings.drawOutcome()
     stats.accepted++
+    const call: SimCall = {
+      id: callId,
+      dialect,
+      to: dial.to,
+      metadata: dial.metadata,
+      assistant: dial.assistant,
+      outcome: rec.outcome,
+      endReason: settings.endReason ?? spec.endReason(rec.outcome),
+      startedAt: Date.now(),
+      endedAt: undefined,
+    }
+    const status = dialect === 'generic' ? 202 : 201
+    rec.status = status
+    if (Math.random() < settings.loseCalls) {
+      // accepted, then forgotten: nobody is phoned, nothing is reported
+      stats.lost++
+      lostCalls.add(callId)
+      return send(res, status, spec.created(call))
+    }
+    calls.set(callId, call)
+    pending++
     startActive(dial.to)
+    const webhookUrl = dialect === 'generic' ? dial.webhookUrl : settings.webhookUrls[dialect]
     const { callDurationMs, progressEvents } = settings
-    // The call starts once the 202 is written (or the client is gone), so a zero-length call's webhook follows it.
+    if (fault.kind === 'webhookFirst') {
+      await runCall(rec, call, webhookUrl, 0, progressEvents)
+      if (!res.destroyed) send(res, status, spec.created(call))
+      return
+    }
+    // The call starts once the answer is written (or the client is gone), so a zero-length call's webhook follows it.
     let started = false
     const start = () => {
       if (started) return
       started = true
-      void runCall(rec, dial.to, dial.webhookUrl, callDurationMs, progressEvents)
+      void runCall(rec, call, webhookUrl, callDurationMs, progressEvents)
     }
-    rec.status = 202
     if (res.destroyed) return start()
     res.once('close', start)
-    send(res, 202, fault.kind === 'no_call_id' ? { id: callId } : { callId }, {}, start)
+    send(res, status, fault.kind === 'no_call_id' ? { id: callId } : spec.created(call), {}, start)
+  }
+
+  function handlePoll(dialect: Dialect, id: string, req: http.IncomingMessage, res: http.ServerResponse) {
+    const spec = DIALECTS[dialect]
+    const at = now()
+    if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) {
+      stats.polls.push({ dialect, id, at, status: 401 })
+      return send(res, 401, { error: 'missing or wrong API key' })
+    }
+    const call = calls.get(id)
+    if (!call || call.dialect !== dialect) {
+      stats.polls.push({ dialect, id, at, status: 404 })
+      return send(res, 404, spec.notFound)
+    }
+    stats.polls.push({ dialect, id, at, status: 200 })
+    send(res, 200, spec.poll(call))
   }
 
   const server = http.createServer((req, res) => {
     req.on('error', () => {}) // a client that hangs up mid-body is not our failure
-    const path = req.url?.split('?', 1)[0]
+    const path = req.url?.split('?', 1)[0] ?? ''
     if (req.method === 'GET' && path === '/health') return send(res, 200, { status: 'ok' })
-    if (req.method !== 'POST' || path !== '/api/v1/calls') return send(res, 404, { error: 'not found' })
+    const route = routeOf(req.method ?? '', path)
+    if (!route) return send(res, 404, { error: 'not found' })
+    if (route.op === 'get') return handlePoll(route.dialect, route.id as string, req, res)
     const chunks: Buffer[] = []
     let size = 0
     req.on('data', (chunk: Buffer) => {
@@ -287,7 +381,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     })
     req.on('end', () => {
       if (size > MAX_BODY_BYTES) return send(res, 413, { error: 'body too large' })
-      handleDial(req, res, Buffer.concat(chunks).toString('utf8')).catch((err: unknown) => {
+      handleDial(route.dialect, req, res, Buffer.concat(chunks).toString('utf8')).catch((err: unknown) => {
         log?.warn({ err }, 'simulator dial handler failed')
         if (!res.headersSent) send(res, 500, { error: 'simulator failure' })
       })
@@ -317,6 +411,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       if (patch.outcomes) settings.drawOutcome = outcomePicker(patch.outcomes)
       if (patch.progressEvents !== undefined) settings.progressEvents = patch.progressEvents
       if (patch.fault) settings.fault = patch.fault
+      if (patch.webhookUrls) Object.assign(settings.webhookUrls, patch.webhookUrls)
+      if (patch.dropFinalWebhooks !== undefined) settings.dropFinalWebhooks = patch.dropFinalWebhooks
+      if (patch.loseCalls !== undefined) settings.loseCalls = patch.loseCalls
+      if ('endReason' in patch) settings.endReason = patch.endReason
       if ('beforeAnswer' in patch) settings.beforeAnswer = patch.beforeAnswer
     },
     idle(timeoutMs = 30_000) {
@@ -357,6 +455,9 @@ function emptyStats(): SimulatorStats {
     phoneOverlaps: 0,
     webhooksSent: 0,
     webhookFailures: 0,
+    finalsDropped: 0,
+    lost: 0,
+    polls: [],
   }
 }
 
@@ -377,29 +478,6 @@ function outcomePicker(weights: Partial<Record<SimOutcome, number>>): () => SimO
     const r = Math.random() * total
     return table.find((t) => r < t.upTo)?.outcome ?? last.outcome
   }
-}
-
-/** The dial body, or why it is refused. */
-function parseDial(raw: string): Dial | string {
-  let body: unknown
-  try {
-    body = JSON.parse(raw)
-  } catch {
-    return 'the body is not JSON'
-  }
-  if (!isObject(body)) return 'the body must be a JSON object'
-  const { to, scriptId, webhookUrl, metadata } = body
-  if (typeof to !== 'string' || to === '') return 'to is required'
-  if (typeof scriptId !== 'string' || scriptId === '') return 'scriptId is required'
-  if (typeof webhookUrl !== 'string' || !/^https?:\/\//.test(webhookUrl) || !URL.canParse(webhookUrl)) {
-    return 'webhookUrl must be an http(s) URL'
-  }
-  if (metadata !== undefined && !isObject(metadata)) return 'metadata must be an object'
-  return { to, scriptId, webhookUrl }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 function send(

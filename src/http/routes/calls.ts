@@ -76,6 +76,12 @@ const CallJson = Type.Object({
   lastOutcome: Nullable(
     Type.Enum(PROVIDER_FINAL, { description: "The provider's outcome of the last attempt that reported one" }),
   ),
+  result: Nullable(
+    Type.Record(Type.String(), Type.Unknown(), {
+      description:
+        'What the platform reported about the last attempt: provider, endReason, durationSec, recordingUrl, logUrl, transcript, cost, costUnit, startedAt, endedAt (each when reported)',
+    }),
+  ),
   providerCallId: Nullable(Type.String()),
   durationSec: Nullable(Type.Integer()),
   createdAt: Timestamp,
@@ -107,6 +113,7 @@ export function toCallJson(c: Call): Static<typeof CallJson> {
     attempts: c.attempts,
     lastError: c.last_error,
     lastOutcome: c.last_outcome,
+    result: c.last_result ?? null,
     providerCallId: c.provider_call_id,
     durationSec: c.duration_sec,
     createdAt: iso(c.created_at) as string,
