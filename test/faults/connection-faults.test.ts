@@ -50,7 +50,12 @@ describe('a database that refuses connections while a dial result is recorded', 
     const kinds = await t.db.selectFrom('call_events').select('kind').where('call_id', '=', id!).orderBy('id').execute()
     // the webhook may be recorded before the accepted dial (their order is the provider's)
     expect(kinds.map((k) => k.kind).slice(0, 4)).toEqual(['CREATED', 'CLAIMED', 'DIAL_THROTTLED', 'CLAIMED'])
-    expect(kinds.map((k) => k.kind).slice(4).sort()).toEqual(['DIAL_ACCEPTED', 'WEBHOOK'])
+    expect(
+      kinds
+        .map((k) => k.kind)
+        .slice(4)
+        .sort(),
+    ).toEqual(['DIAL_ACCEPTED', 'WEBHOOK'])
   }, 30_000)
 })
 
