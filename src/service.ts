@@ -48,7 +48,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
   const applied = await migrateToLatest(db)
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
-  if (config.role !== 'api') await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
+  if (config.role !== 'api')
+    await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls, retry: config.dispatch })
   const boss = await startQueue(databaseUrl, log)
 
   let simulator: Simulator | undefined

@@ -157,6 +157,76 @@ export async function up(db: Kysely<any>): Promise<void> {
   )
 
   await createClaim(db)
+  await createEndAttempt(db)
+}
+
+// How an attempt of a campaign's call ends, after the environment's retry rules decided p_next (sql/attempts.ts
+// calls it for every report; a call without a campaign keeps p_next and p_delay_sec). The campaign's retryPolicy
+// overrides that decision for the outcome (BUSY, NO_ANSWER, VOICEMAIL, FAILED webhooks; PROVIDER_ERROR for a dial
+// that failed) when it has a rule for it or a maxAttempts; a rule's delay has no jitter, so it is what the client
+// asked. A retry that would fall due outside the window waits for its next opening. A retry of a canceled
+// campaign's call ends CANCELED instead: cancel promises that no call of it is dialed again.
+async function createEndAttempt(db: Kysely<any>) {
+  await sql`
+    create function campaign_end_attempt(
+      p_campaign uuid, p_zones text[], p_next text, p_spends boolean, p_delay_sec float8,
+      p_outcome text, p_event_kind text, p_attempt integer, p_error_code text)
+    returns table (next text, next_at timestamptz)
+    language plpgsql stable as $$
+    declare
+      k campaigns;
+      s dispatch_settings;
+      rule_key text;
+      rule jsonb;
+      max_attempts integer;
+      delay float8 := p_delay_sec;
+      decided text := p_next;
+    begin
+      if p_campaign is not null then
+        select * into k from campaigns where id = p_campaign;
+      end if;
+      if k.id is null or p_next = 'COMPLETED' then
+        return query select p_next, now() + make_interval(secs => p_delay_sec);
+        return;
+      end if;
+      if p_next in ('PENDING', 'FAILED') and p_spends and k.retry_policy is not null
+         and coalesce(p_error_code, '') <> 'DIAL_REJECTED' then
+        rule_key := case when p_outcome in ('BUSY', 'NO_ANSWER', 'VOICEMAIL', 'FAILED') then p_outcome
+                         when p_event_kind = 'DIAL_FAILED' then 'PROVIDER_ERROR' end;
+        rule := k.retry_policy -> 'outcomes' -> rule_key;
+        if rule_key is not null and (rule is not null or k.retry_policy ? 'maxAttempts') then
+          select * into s from dispatch_settings limit 1;
+          max_attempts := coalesce((k.retry_policy ->> 'maxAttempts')::int, s.max_retry_attempts, 3);
+          if p_attempt >= max_attempts or (rule is not null and not coalesce((rule ->> 'retry')::boolean, true)) then
+            decided := 'FAILED';
+          else
+            decided := 'PENDING';
+            if rule ? 'delayMs' then
+              delay := (rule ->> 'delayMs')::float8 * coalesce((rule ->> 'backoffMultiplier')::float8, 1) ^ (p_attempt - 1);
+              if rule ? 'maxDelayMs' then delay := least(delay, (rule ->> 'maxDelayMs')::float8); end if;
+              delay := delay / 1000;
+            elsif p_next <> 'PENDING' then
+              delay := least(coalesce(s.retry_max_delay_ms, 600000),
+                             coalesce(s.retry_base_delay_ms, 30000) * 2 ^ (p_attempt - 1)) / 1000.0;
+            end if;
+          end if;
+        end if;
+      end if;
+      if decided = 'PENDING' and k.status = 'CANCELED' then
+        decided := 'CANCELED';
+      end if;
+      return query select decided,
+        case when decided = 'PENDING'
+             then coalesce(window_next_open(k.calling_window, window_zones(k.calling_window, p_zones),
+                                            now() + make_interval(secs => delay)),
+                           now() + make_interval(secs => delay))
+             else now() end;
+    end
+    $$
+  `.execute(db)
+  await sql`comment on function campaign_end_attempt(uuid, text[], text, boolean, float8, text, text, integer, text) is ${sql.lit(
+    "How an attempt of a campaign's call ends (sql/attempts.ts): the campaign's retryPolicy per outcome overrides the environment's decision, a retry waits for the window's next opening, and a retry of a canceled campaign's call ends CANCELED. Returns the status and, for PENDING, the next attempt time.",
+  )}`.execute(db)
 }
 
 // The claim of 0004 with campaigns. Kept from 0004: the dispatch lock, the snapshot after it (a VOLATILE function),

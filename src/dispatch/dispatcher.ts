@@ -5,7 +5,7 @@ import type { Call, DB } from '../db/database.ts'
 import type { DialResult, Provider } from '../providers/generic.ts'
 import { type AcceptedDial, type EndAttemptResult, recordDialsAccepted } from '../sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
-import { expireOverdueCalls, timeOutSilentCalls } from '../sql/sweep.ts'
+import { expireOverdueCalls, sweepCampaignCalls, timeOutSilentCalls } from '../sql/sweep.ts'
 import { type AttemptEnd, endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
 import { settleAttempt } from './settle.ts'
 import type { Wakeup } from './wakeup.ts'
@@ -66,6 +66,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     lastSweep = Date.now()
     const expired = await expireOverdueCalls(o.db)
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
+    await sweepCampaignCalls(o.db) // campaigns ended, phones suppressed, windows closed (docs/campaigns.md)
     o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
   }

@@ -127,7 +127,13 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
   // at 3,000-5,000 rows, growing with them). An array the planner cannot see into also keeps custom plans no cheaper
   // than the generic one, so PostgreSQL settles on the generic plan: with the ids as a parameter it re-planned every
   // run (up to 0.7 ms of planning per statement, more than its execution).
-  const { rows } = await sql<{ ord: number; before_status: CallStatus; before_attempts: number; outcome: EndOutcome }>`
+  const { rows } = await sql<{
+    ord: number
+    before_status: CallStatus
+    before_attempts: number
+    after_status: CallStatus | null
+    outcome: EndOutcome
+  }>`
     with report as (
       select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
         ord int, call_id uuid, attempt int, next text, refund int, delay_sec float8, error jsonb,
@@ -139,19 +145,26 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     ), locked as (
       -- in id order, like recordDialsAccepted: batches that lock shared rows in different orders would deadlock
       select id from calls where id = any(array(select call_id from report)) order by id for no key update
+    ), decided as (
+      -- campaigns (migration 0010): a campaign's retryPolicy may override r.next, a retry waits for the calling
+      -- window, and a retry of a canceled campaign's call ends CANCELED. For other calls this is r.next unchanged.
+      select r.ord, d.next, d.next_at
+        from report r join calls c on c.id = r.call_id
+        cross join lateral campaign_end_attempt(c.campaign_id, c.time_zones, r.next, r.refund = 0, r.delay_sec,
+                                                r.outcome, r.event_kind, r.attempt, r.error ->> 'code') d
+       where c.id = any(array(select call_id from report))
     ), ended as (
       update calls c
-         set status          = r.next,
+         set status          = d.next,
              attempts        = c.attempts - r.refund,
-             next_attempt_at = case when r.next = 'PENDING'
-                                    then now() + make_interval(secs => r.delay_sec) else c.next_attempt_at end,
-             ended_at        = case when r.next = 'PENDING' then null else now() end,
+             next_attempt_at = case when d.next = 'PENDING' then d.next_at else c.next_attempt_at end,
+             ended_at        = case when d.next = 'PENDING' then null else now() end,
              last_error      = r.error,
              last_outcome    = coalesce(r.outcome, c.last_outcome),
              duration_sec    = coalesce(r.duration_sec, c.duration_sec)
-        from report r join locked l on l.id = r.call_id
+        from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
-      returning r.ord
+      returning r.ord, d.next
     ), late as (
       update calls c
          set status = r.late_status, ended_at = now(), last_error = r.error,
@@ -163,6 +176,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
       returning r.ord
     ), outcome as (
       select t.ord, t.id, t.status as before_status, t.attempts as before_attempts,
+             (select e.next from ended e where e.ord = t.ord) as after_status,
              case when t.ord in (select ord from ended) then 'applied'
                   when t.ord in (select ord from late) then 'late'
                   when t.attempts > r.attempt then 'stale'
@@ -175,13 +189,13 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
         from outcome o join report r on r.ord = o.ord
        order by o.ord
     )
-    select ord, before_status, before_attempts, outcome from outcome
+    select ord, before_status, before_attempts, after_status, outcome from outcome
   `.execute(db)
   const byOrd = new Map(rows.map((r) => [r.ord, r]))
   return reports.map(({ ord, next, late_status }): EndAttemptResult => {
     const row = byOrd.get(ord)
     if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
-    if (row.outcome === 'applied') return { outcome: 'applied', status: next, freedSlot: true }
+    if (row.outcome === 'applied') return { outcome: 'applied', status: row.after_status ?? next, freedSlot: true }
     if (row.outcome === 'late') return { outcome: 'late', status: late_status as CallStatus, freedSlot: false }
     return { outcome: row.outcome, status: row.before_status, freedSlot: false }
   })
