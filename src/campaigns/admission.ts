@@ -27,9 +27,7 @@ export async function admitCalls(
     if (campaign.status === 'CANCELED')
       return { campaignError: apiError(409, 'CAMPAIGN_CANCELED', 'the campaign is canceled'), results: [] }
     const zones = await knownZones(db)
-    const byPhone = new Map<string, Promise<string[]>>()
-    for (const c of calls) if (!byPhone.has(c.toPhone)) byPhone.set(c.toPhone, zonesOfPhone(c.toPhone, zones))
-    for (const c of calls) c.timeZones = await (byPhone.get(c.toPhone) as Promise<string[]>)
+    for (const c of calls) c.timeZones = zonesOfPhone(c.toPhone, zones)
   }
   const suppressed = await suppressedAmong(
     db,

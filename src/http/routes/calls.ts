@@ -301,7 +301,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       const metaError = metadata ? checkMetadata(metadata) : undefined
       if (metaError) return reply.code(400).send(errorBody(metaError))
       const r = await updatePendingCall(db, req.params.id, {
-        ...(toPhone ? { toPhone, timeZones: await zonesOfPhone(toPhone, await knownZones(db)) } : {}),
+        ...(toPhone ? { toPhone, timeZones: zonesOfPhone(toPhone, await knownZones(db)) } : {}),
         ...(scriptId ? { scriptId } : {}),
         ...(metadata ? { metadata } : {}),
       })
