@@ -1,3 +1,5 @@
+import type { DialRecord } from '../src/providers/simulator.ts'
+
 // Windows relative to the current time in a zone, so tests need no fake clock: open() holds now, closed() opens in
 // two hours. Every day is listed, so a window that crosses midnight (overnight) behaves the same.
 
@@ -33,4 +35,23 @@ export const NUMBERS = {
   newYork: (i: number) => `+1212736${String(1000 + i).padStart(4, '0')}`,
   /** A US toll-free number: 42 zones, Guam to Newfoundland and Pago Pago. */
   tollFree: '+18002752273',
+}
+
+export const callIdOf = (d: DialRecord) => d.idempotencyKey.split(':')[0] as string
+
+/** The most calls of `ids` the simulator had active at once (from dial to final webhook). */
+export function maxOverlap(dials: DialRecord[], ids: Set<string>): number {
+  const edges: [number, number][] = []
+  for (const d of dials) {
+    if (!ids.has(callIdOf(d)) || d.finalSentAt === undefined) continue
+    edges.push([d.receivedAt, 1], [d.finalSentAt, -1])
+  }
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let live = 0
+  let max = 0
+  for (const [, delta] of edges) {
+    live += delta
+    max = Math.max(max, live)
+  }
+  return max
 }

@@ -1,7 +1,7 @@
 import { sql } from 'kysely'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import type { DialRecord } from '../src/providers/simulator.ts'
-import { NUMBERS, openWindow } from './campaign-helpers.ts'
+import { callIdOf, maxOverlap, NUMBERS, openWindow } from './campaign-helpers.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
@@ -45,27 +45,9 @@ async function queue(s: Stack, campaignId: string | undefined, to: string[], ext
   return ids
 }
 
-const callIdOf = (d: DialRecord) => d.idempotencyKey.split(':')[0] as string
 const accepted = (s: Stack) => s.sim.stats().dials.filter((d) => d.status !== 429)
 const rowsOf = (campaignId: string) =>
   t.db.selectFrom('calls').selectAll().where('campaign_id', '=', campaignId).execute()
-
-/** The most calls of `ids` the simulator had active at once (from dial to final webhook). */
-function maxOverlap(dials: DialRecord[], ids: Set<string>): number {
-  const edges: [number, number][] = []
-  for (const d of dials) {
-    if (!ids.has(callIdOf(d)) || d.finalSentAt === undefined) continue
-    edges.push([d.receivedAt, 1], [d.finalSentAt, -1])
-  }
-  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1])
-  let live = 0
-  let max = 0
-  for (const [, delta] of edges) {
-    live += delta
-    max = Math.max(max, live)
-  }
-  return max
-}
 
 describe('calling windows', () => {
   it('dials only the numbers whose window is open now in their own zone', async () => {
