@@ -115,17 +115,10 @@ async function whyNotChanged(db: Kysely<DB>, id: string): Promise<CampaignChange
   return campaign ? { kind: 'canceled', campaign } : { kind: 'not_found' }
 }
 
-/** Pause (ACTIVE -> PAUSED) or resume (PAUSED -> ACTIVE); repeating one is not an error. */
+/** Pause (ACTIVE -> PAUSED) or resume (PAUSED -> ACTIVE) under the dispatch lock (pause_campaign, migration 0011). */
 export async function setCampaignPaused(db: Kysely<DB>, id: string, paused: boolean): Promise<CampaignChange> {
-  return db.transaction().execute(async (trx) => {
-    await lockDispatch(trx)
-    const { rows } = await sql<Campaign>`
-      update campaigns set status = ${paused ? 'PAUSED' : 'ACTIVE'}
-       where id = ${id}::uuid and status <> 'CANCELED'
-      returning *
-    `.execute(trx)
-    return rows[0] ? { kind: 'changed', campaign: rows[0] } : whyNotChanged(trx, id)
-  })
+  const { rows } = await sql<Campaign>`select * from pause_campaign(${id}::uuid, ${paused}::boolean)`.execute(db)
+  return rows[0] ? { kind: 'changed', campaign: rows[0] } : whyNotChanged(db, id)
 }
 
 /**
