@@ -5,6 +5,7 @@ import { insertCampaign } from '../src/sql/campaigns.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
 import { NUMBERS } from './campaign-helpers.ts'
 import { createTestDb, type TestDb } from './db.ts'
+import { apiOnly } from './helpers.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
 
@@ -124,5 +125,31 @@ describe('npm run calls -- campaigns | pause | resume | suppress', () => {
     const s = await t.db.selectFrom('suppressions').selectAll().where('phone', '=', phone).executeTakeFirstOrThrow()
     expect(s.reason).toBe('asked')
     expect((await cli(['suppress', '12345'])).code).toBe(2)
+  })
+})
+
+describe('Prometheus and the dashboard', () => {
+  it('reports in-progress and pending per campaign with at most 20 campaign labels plus "other"', async () => {
+    const app = await apiOnly(t)
+    try {
+      const ids: string[] = []
+      for (let i = 0; i < 25; i++) {
+        const k = await insertCampaign(t.db, { name: `k${i}` })
+        ids.push(k.id)
+        for (let j = 0; j <= i % 3; j++) await inCampaign(k.id, 'PENDING')
+      }
+      await inCampaign(ids[24] as string, 'IN_PROGRESS')
+      const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+      const pending = [...text.matchAll(/^orchestrator_campaign_calls_pending\{campaign="([^"]+)"\} (\d+)$/gm)]
+      expect(pending).toHaveLength(21)
+      expect(pending.some((m) => m[1] === 'other')).toBe(true)
+      expect(pending.reduce((sum, m) => sum + Number(m[2]), 0)).toBe(25 + 8 * (0 + 1 + 2)) // i % 3 + 1 calls for i in 0..24
+      expect(text).toContain(`orchestrator_campaign_calls_in_progress{campaign="${ids[24]}"} 1`)
+      const dash = (await app.inject({ method: 'GET', url: '/api/v1/dashboard' })).json()
+      expect(dash.data.campaigns).toHaveLength(20)
+      expect(dash.data.campaigns[0]).toMatchObject({ name: 'k24', inProgress: 1, pending: 1, status: 'ACTIVE' })
+    } finally {
+      await app.close()
+    }
   })
 })
