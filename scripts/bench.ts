@@ -1,7 +1,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import { sql } from 'kysely'
-import { createDb, createPool, type Database } from '../src/db/database.ts'
+import { createDb, createPool, type Database, migrateToLatest } from '../src/db/database.ts'
 import { startSimulator } from '../src/providers/simulator.ts'
 import { type BacklogResult, benchBacklog } from './bench/backlog.ts'
 import {
@@ -141,6 +141,7 @@ async function phaseCampaigns(pg: BenchDb) {
   let claim: ClaimResult
   try {
     log('8 claim with campaigns: 100,000 PENDING over 100 campaigns, 99% outside their calling window')
+    await migrateToLatest(claimDb.db) // no service runs on this database
     claim = await benchCampaignClaim(claimDb.db)
   } finally {
     await claimDb.db.destroy()
