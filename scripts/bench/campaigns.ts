@@ -49,9 +49,10 @@ export async function benchCampaignClaim(db: Kysely<DB>): Promise<ClaimResult> {
   `.execute(db)
   await sql`
     insert into calls (to_phone, script_id, expires_at, campaign_id, time_zones, next_attempt_at)
-    select '+9665' || (10000000 + n)::text, 'bench', now() + interval '1 day', k.id, '{}',
-           window_next_open(k.calling_window, window_zones(k.calling_window, '{}'), now())
-      from (select id, calling_window, row_number() over (order by name) as r from campaigns) k,
+    select '+9665' || (10000000 + n)::text, 'bench', now() + interval '1 day', k.id, '{}', k.opens
+      from (select id, row_number() over (order by name) as r,
+                   window_next_open(calling_window, window_zones(calling_window, '{}'), now()) as opens
+              from campaigns) k,
            generate_series((k.r - 1) * 1000, k.r * 1000 - 1) n
   `.execute(db)
   await sql`

@@ -101,22 +101,29 @@ async function insertStatement<R>(
   returning: RawBuilder<unknown>,
 ): Promise<R[]> {
   // A campaign call's next_attempt_at starts at its window's next opening (window_next_open, migration 0010), so a
-  // call queued at night is not in the due prefix the claim walks until morning.
+  // call queued at night is not in the due prefix the claim walks until morning. The opening is computed once per
+  // (campaign, zones, scheduledAt): the calls of a batch share a few.
   const { rows } = await sql<R>`
     with input as (
       select * from jsonb_to_recordset(${JSON.stringify(input)}::jsonb) as t(
         id uuid, to_phone text, script_id text, metadata jsonb, expires_at timestamptz,
         idempotency_key text, request_hash text, campaign_id uuid, scheduled_at timestamptz, time_zones text[])
+    ), opening as (
+      select g.campaign_id, g.time_zones, g.scheduled_at,
+             window_next_open(k.calling_window, window_zones(k.calling_window, g.time_zones),
+                              greatest(now(), g.scheduled_at, k.starts_at)) as at
+        from (select distinct campaign_id, time_zones, scheduled_at from input where campaign_id is not null) g
+        join campaigns k on k.id = g.campaign_id
     ), inserted as (
       insert into calls (id, to_phone, script_id, metadata, expires_at, idempotency_key, request_hash,
                          campaign_id, scheduled_at, time_zones, next_attempt_at)
       select i.id, i.to_phone, i.script_id, i.metadata,
              coalesce(i.expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8)), i.idempotency_key,
              i.request_hash, i.campaign_id, i.scheduled_at, i.time_zones,
-             case when i.campaign_id is null then greatest(now(), i.scheduled_at)
-                  else coalesce(window_next_open(k.calling_window, window_zones(k.calling_window, i.time_zones),
-                                                 greatest(now(), i.scheduled_at, k.starts_at)), now()) end
-        from input i left join campaigns k on k.id = i.campaign_id
+             case when i.campaign_id is null then greatest(now(), i.scheduled_at) else coalesce(o.at, now()) end
+        from input i
+        left join opening o on o.campaign_id = i.campaign_id and o.time_zones is not distinct from i.time_zones
+                           and o.scheduled_at is not distinct from i.scheduled_at
       on conflict (idempotency_key) where idempotency_key is not null do nothing
       returning *
     ), history as (
