@@ -57,7 +57,7 @@ export async function benchCampaignClaim(db: Kysely<DB>): Promise<ClaimResult> {
   `.execute(db)
   await sql`
     update calls set status = 'IN_PROGRESS', attempts = 1, started_at = now()
-     where id in (select id from calls c join campaigns k on k.id = c.campaign_id
+     where id in (select c.id from calls c join campaigns k on k.id = c.campaign_id
                    where k.name = 'bench-1' order by c.id limit ${CAP}::int)
   `.execute(db)
   await sql`analyze calls`.execute(db)
