@@ -66,9 +66,9 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     lastSweep = Date.now()
     const expired = await expireOverdueCalls(o.db)
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
-    await sweepCampaignCalls(o.db) // campaigns ended, phones suppressed, windows closed (docs/campaigns.md)
     o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
+    await sweepCampaignCalls(o.db) // campaigns ended, phones suppressed, windows closed (docs/campaigns.md)
   }
 
   /** One sweep-claim-dial round; true when it took as many calls as it asked for, so more may be waiting. */
