@@ -26,7 +26,8 @@ try {
   process.exit(1)
 }
 
-closeWithGrace({ delay: 15_000 }, async ({ signal, err }) => {
+// The grace covers the dispatcher's drain (config.shutdownGraceMs) and the closing of the server and pools after it.
+closeWithGrace({ delay: config.shutdownGraceMs + 10_000 }, async ({ signal, err }) => {
   if (err) log.error({ err }, 'shutting down after an error')
   else log.info({ signal }, 'shutting down')
   await service.stop()

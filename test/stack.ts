@@ -22,7 +22,8 @@ export const FAST = {
   MAX_CONCURRENT_CALLS: '5',
   RETRY_BASE_DELAY_MS: '200',
   RETRY_MAX_DELAY_MS: '1000',
-  PROVIDER_TIMEOUT_MS: '500',
+  // Long enough for a dial on a loaded two-core machine: a dial unanswered in time is 'unknown' and holds its slot.
+  PROVIDER_TIMEOUT_MS: '2000',
   CALL_TIMEOUT_MS: '5000',
   SWEEP_INTERVAL_MS: '100',
 }

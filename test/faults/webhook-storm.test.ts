@@ -35,12 +35,19 @@ describe('a webhook storm', () => {
       )
       return rows[0]?.n === ids.length
     })
+    const providerIds = new Map(
+      (await t.db.selectFrom('calls').select(['id', 'provider_call_id']).execute()).map((c) => [
+        c.id,
+        c.provider_call_id,
+      ]),
+    )
     const deliveries = ids.flatMap((id) => {
       const url = `/api/v1/callbacks/call-status?call=${id}&attempt=1`
+      const callId = providerIds.get(id)
       const hooks = [
-        ...Array.from({ length: 5 }, () => ({ url, payload: { callId: 'sim', status: 'COMPLETED', durationSec: 7 } })),
-        { url, payload: { callId: 'sim', status: 'FAILED', error: 'late contradiction' } },
-        { url, payload: { callId: 'sim', status: 'RINGING' } },
+        ...Array.from({ length: 5 }, () => ({ url, payload: { callId, status: 'COMPLETED', durationSec: 7 } })),
+        { url, payload: { callId, status: 'FAILED', error: 'late contradiction' } },
+        { url, payload: { callId, status: 'RINGING' } },
       ]
       return hooks
     })

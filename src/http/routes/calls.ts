@@ -20,7 +20,7 @@ import {
 } from '../../sql/calls.ts'
 import { CampaignId, CreateCallBody, checkMetadata, Metadata, Phone, ScriptId, toNewCall } from '../call-input.ts'
 import type { AppDeps } from '../deps.ts'
-import { type ApiError, apiError, errorBody, errorRef } from '../errors.ts'
+import { type ApiError, apiError, errorBody, errorResponse } from '../errors.ts'
 
 // ---- schemas ----
 export const BATCH_MAX = 1000
@@ -111,7 +111,10 @@ function pendingChangeError(r: Exclude<PendingChange, { kind: 'changed' }>, id: 
     : apiError(409, 'CALL_NOT_PENDING', `call is ${r.status}; only PENDING calls can be changed`, { status: r.status })
 }
 
-const errors = { 400: errorRef, 404: errorRef, 409: errorRef, 422: errorRef }
+// The statuses each route adds to those every client route has (src/http/openapi.ts: 400, 401, 429, 500, ...).
+const invalid = errorResponse('VALIDATION_ERROR, INVALID_PHONE, METADATA_TOO_LARGE or INVALID_EXPIRES_AT')
+const notFound = errorResponse('CALL_NOT_FOUND')
+const notPending = errorResponse('CALL_NOT_PENDING: the call is dialing or done; details.status says which')
 
 // ---- routes ----
 export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup }) => {
@@ -133,22 +136,32 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls',
     {
       schema: {
+        operationId: 'createCall',
         tags: ['calls'],
         summary: 'Queue a call',
         description:
           'An Idempotency-Key header makes a retried request return the first call (200) instead of creating another.',
         headers: CreateHeaders,
         body: CreateCallBody,
-        response: { 200: CallEnvelope, 201: CallEnvelope, ...errors },
+        response: {
+          200: { ...CallEnvelope, description: 'Replayed: the call this Idempotency-Key created before' },
+          201: { ...CallEnvelope, description: 'Queued' },
+          400: invalid,
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+          409: errorResponse('CAMPAIGN_CANCELED'),
+          422: errorResponse(
+            'IDEMPOTENCY_KEY_REUSED (details.callId), PHONE_SUPPRESSED, or NO_CALLING_WINDOW (details.timeZones)',
+          ),
+        },
       },
     },
     async (req, reply) => {
       const input = toNewCall(req.body, req.headers['idempotency-key'] ?? null)
-      if (!input.ok) return reply.code(input.error.status).send(errorBody(input.error))
+      if (!input.ok) return reply.code(input.error.status as 400).send(errorBody(input.error))
       const admission = await admitCalls(db, [input.call])
       const refused =
         admission.campaignError ?? (admission.results[0]?.ok === false ? admission.results[0].error : undefined)
-      if (refused) return reply.code(refused.status).send(errorBody(refused))
+      if (refused) return reply.code(refused.status as 404 | 409 | 422).send(errorBody(refused))
       const result = await createOne(input.call)
       if (result.kind === 'key_reused') {
         const e = apiError(
@@ -167,6 +180,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/batch',
     {
       schema: {
+        operationId: 'createCallBatch',
         tags: ['calls'],
         summary: `Queue up to ${BATCH_MAX} calls at once: all or none, except suppressed numbers and numbers without a calling window, which are skipped`,
         body: BatchBody,
@@ -183,9 +197,9 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
               }),
             }),
           }),
-          400: errorRef,
-          404: errorRef,
-          409: errorRef,
+          400: errorResponse('VALIDATION_ERROR: details lists each invalid call by index; none was queued'),
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+          409: errorResponse('CAMPAIGN_CANCELED'),
         },
       },
     },
@@ -244,7 +258,13 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
   app.get(
     '/api/v1/calls/:id',
     {
-      schema: { tags: ['calls'], summary: 'Get a call', params: IdParams, response: { 200: CallEnvelope, ...errors } },
+      schema: {
+        operationId: 'getCall',
+        tags: ['calls'],
+        summary: 'Get a call',
+        params: IdParams,
+        response: { 200: CallEnvelope, 404: notFound },
+      },
     },
     async (req, reply) => {
       const call = await getCall(db, req.params.id)
@@ -257,10 +277,11 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id/events',
     {
       schema: {
+        operationId: 'listCallEvents',
         tags: ['calls'],
         summary: "A call's history: status changes, dial results and webhooks, oldest first",
         params: IdParams,
-        response: { 200: Type.Object({ success: Type.Literal(true), data: Type.Array(EventJson) }), ...errors },
+        response: { 200: Type.Object({ success: Type.Literal(true), data: Type.Array(EventJson) }), 404: notFound },
       },
     },
     async (req, reply) => {
@@ -284,11 +305,12 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id',
     {
       schema: {
+        operationId: 'updateCall',
         tags: ['calls'],
         summary: 'Change a PENDING call (409 once it is dialing or done)',
         params: IdParams,
         body: PatchCallBody,
-        response: { 200: CallEnvelope, ...errors },
+        response: { 200: CallEnvelope, 400: invalid, 404: notFound, 409: notPending },
       },
     },
     async (req, reply) => {
@@ -307,7 +329,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       })
       if (r.kind !== 'changed') {
         const e = pendingChangeError(r, req.params.id)
-        return reply.code(e.status).send(errorBody(e))
+        return reply.code(e.status as 404 | 409).send(errorBody(e))
       }
       return { success: true as const, data: toCallJson(r.call) }
     },
@@ -317,17 +339,18 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id/cancel',
     {
       schema: {
+        operationId: 'cancelCall',
         tags: ['calls'],
         summary: 'Cancel a PENDING call (409 once it is dialing or done)',
         params: IdParams,
-        response: { 200: CallEnvelope, ...errors },
+        response: { 200: CallEnvelope, 404: notFound, 409: notPending },
       },
     },
     async (req, reply) => {
       const r = await cancelPendingCall(db, req.params.id)
       if (r.kind !== 'changed') {
         const e = pendingChangeError(r, req.params.id)
-        return reply.code(e.status).send(errorBody(e))
+        return reply.code(e.status as 404 | 409).send(errorBody(e))
       }
       return { success: true as const, data: toCallJson(r.call) }
     },
@@ -337,6 +360,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls',
     {
       schema: {
+        operationId: 'listCalls',
         tags: ['calls'],
         summary: 'List calls, newest first',
         querystring: ListQuery,
@@ -346,7 +370,6 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             data: Type.Array(CallJson),
             pagination: Type.Object({ page: Type.Integer(), limit: Type.Integer(), total: Type.Integer() }),
           }),
-          400: errorRef,
         },
       },
     },

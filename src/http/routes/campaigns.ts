@@ -15,7 +15,7 @@ import {
   updateCampaign,
 } from '../../sql/campaigns.ts'
 import type { AppDeps } from '../deps.ts'
-import { type ApiError, apiError, errorBody, errorRef } from '../errors.ts'
+import { type ApiError, apiError, errorBody, errorResponse } from '../errors.ts'
 
 // ---- schemas ----
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
@@ -137,7 +137,11 @@ const CampaignJson = Type.Object({
   stats: Type.Optional(StatsJson),
 })
 const CampaignEnvelope = Type.Object({ success: Type.Literal(true), data: CampaignJson })
-const errors = { 400: errorRef, 404: errorRef, 409: errorRef }
+const errors = {
+  400: errorResponse('VALIDATION_ERROR naming each field (details: [{field, message}])'),
+  404: errorResponse('CAMPAIGN_NOT_FOUND'),
+  409: errorResponse('CAMPAIGN_CANCELED: a canceled campaign cannot change'),
+}
 
 const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
 
@@ -233,7 +237,7 @@ export const campaignRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         tags: ['campaigns'],
         summary: 'Create a campaign',
         body: CreateBody,
-        response: { 201: CampaignEnvelope, 400: errorRef },
+        response: { 201: { ...CampaignEnvelope, description: 'Created' }, 400: errors[400] },
       },
     },
     async (req, reply) => {
@@ -258,7 +262,7 @@ export const campaignRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
             data: Type.Array(CampaignJson),
             pagination: Type.Object({ page: Type.Integer(), limit: Type.Integer(), total: Type.Integer() }),
           }),
-          400: errorRef,
+          400: errors[400],
         },
       },
     },

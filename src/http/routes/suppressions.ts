@@ -5,7 +5,7 @@ import { normalizePhone } from '../../phone.ts'
 import { addSuppressions, deleteSuppression, listSuppressions, type NewSuppression } from '../../sql/suppressions.ts'
 import { Phone } from '../call-input.ts'
 import type { AppDeps } from '../deps.ts'
-import { type ApiError, apiError, errorBody, errorRef } from '../errors.ts'
+import { type ApiError, apiError, errorBody, errorResponse } from '../errors.ts'
 
 // ---- schemas ----
 export const SUPPRESSION_BATCH_MAX = 10_000
@@ -105,7 +105,11 @@ export const suppressionRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app,
         tags: ['suppressions'],
         summary: 'Put a phone on the do-not-call list (repeating it is not an error); its PENDING calls are canceled',
         body: SuppressionBody,
-        response: { 200: Saved, 400: errorRef, 404: errorRef },
+        response: {
+          200: Saved,
+          400: errorResponse('VALIDATION_ERROR or INVALID_PHONE'),
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+        },
       },
     },
     async (req, reply) => {
@@ -120,12 +124,18 @@ export const suppressionRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app,
   app.post(
     '/api/v1/suppressions/batch',
     {
+      // 10,000 phones are about 400 KiB of JSON, over the app's 64 KiB limit
+      bodyLimit: 1024 * 1024,
       schema: {
         operationId: 'addSuppressions',
         tags: ['suppressions'],
         summary: `Put up to ${SUPPRESSION_BATCH_MAX} phones on the do-not-call list, all or none`,
         body: BatchBody,
-        response: { 200: Saved, 400: errorRef, 404: errorRef },
+        response: {
+          200: Saved,
+          400: errorResponse('VALIDATION_ERROR or INVALID_PHONE'),
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+        },
       },
     },
     async (req, reply) => {
@@ -164,7 +174,7 @@ export const suppressionRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app,
             data: Type.Array(SuppressionJson),
             pagination: Type.Object({ page: Type.Integer(), limit: Type.Integer(), total: Type.Integer() }),
           }),
-          400: errorRef,
+          400: errorResponse('VALIDATION_ERROR or INVALID_PHONE'),
         },
       },
     },
@@ -189,8 +199,8 @@ export const suppressionRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app,
         querystring: DeleteQuery,
         response: {
           200: Type.Object({ success: Type.Literal(true), data: Type.Object({ deleted: Type.Integer() }) }),
-          400: errorRef,
-          404: errorRef,
+          400: errorResponse('INVALID_PHONE'),
+          404: errorResponse('SUPPRESSION_NOT_FOUND: the phone is not on the list'),
         },
       },
     },
