@@ -1,9 +1,17 @@
 import os from 'node:os'
 import path from 'node:path'
 import { sql } from 'kysely'
-import { createDb, createPool, type Database } from '../src/db/database.ts'
+import { createDb, createPool, type Database, migrateToLatest } from '../src/db/database.ts'
 import { startSimulator } from '../src/providers/simulator.ts'
 import { type BacklogResult, benchBacklog } from './bench/backlog.ts'
+import {
+  benchCampaignClaim,
+  benchCampaignUtilization,
+  benchFairness,
+  type CampaignUtilization,
+  type ClaimResult,
+  type FairnessResult,
+} from './bench/campaigns.ts'
 import { type BatchCreateResult, benchBatchCreate, benchSingleCreate, type SingleCreateResult } from './bench/create.ts'
 import {
   benchSlotUtilization,
@@ -21,7 +29,7 @@ import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 // minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
 // process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
-//   --only=create,dispatch,backlog   run some phases (default: all; latest.json is written only for a full run)
+//   --only=create,dispatch,backlog,campaigns   run some phases (default: all; latest.json only for a full run)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
 //                                    (slower; its figures are not the benchmark's)
 
@@ -29,7 +37,7 @@ const args = process.argv.slice(2)
 const only = args
   .find((a) => a.startsWith('--only='))
   ?.slice(7)
-  .split(',') ?? ['create', 'dispatch', 'backlog']
+  .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns']
 const profile = args.includes('--profile')
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
@@ -128,15 +136,44 @@ async function phaseBacklog(pg: BenchDb) {
   }
 }
 
+async function phaseCampaigns(pg: BenchDb) {
+  const claimDb = await phaseDb(pg, 'bench_campaign_claim')
+  let claim: ClaimResult
+  try {
+    log('8 claim with campaigns: 100,000 PENDING over 100 campaigns, 99% outside their calling window')
+    await migrateToLatest(claimDb.db) // no service runs on this database
+    claim = await benchCampaignClaim(claimDb.db)
+  } finally {
+    await claimDb.db.destroy()
+  }
+  const { url, db } = await phaseDb(pg, 'bench_campaigns')
+  const sim = await startSimulator({ callDurationMs: 200, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const svc = await startServiceProcess(serviceEnv(url, sim.url), nodeArgs('campaigns'))
+  try {
+    log(`9 slot utilization, cap ${CAP}: 3000 calls of 200 ms in one campaign vs none, 2 alternating rounds each`)
+    const campaignSlots = await benchCampaignUtilization(svc.url, db, sim)
+    log('10 fair share: campaign A (20,000 calls), then campaign B (200 calls, same priority) 5 s later')
+    const fairness = await benchFairness(svc.url, db, sim)
+    return { campaignClaim: claim, campaignSlots, fairness }
+  } finally {
+    await svc.stop()
+    await sim.close()
+    await db.destroy()
+  }
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
   slots?: SlotResult
   zero?: ZeroLengthResult
   backlog?: BacklogResult
+  campaignClaim?: ClaimResult
+  campaignSlots?: CampaignUtilization
+  fairness?: FairnessResult
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog } = r
+  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness } = r
   if (single)
     rows.push({
       id: 1,
@@ -206,6 +243,30 @@ function goalRows(r: {
       met: Math.max(...peaks) <= 200,
     })
   }
+  if (campaignClaim)
+    rows.push({
+      id: 8,
+      benchmark: 'claim, 100k PENDING over 100 campaigns',
+      figure: `p50 ${campaignClaim.p50Ms} ms, p99 ${campaignClaim.p99Ms} ms (${campaignClaim.outsideWindow} outside their window, ${campaignClaim.claimed} claimed)`,
+      goal: 'p99 <= 5 ms',
+      met: campaignClaim.p99Ms <= 5,
+    })
+  if (campaignSlots)
+    rows.push({
+      id: 9,
+      benchmark: 'slot utilization, one campaign vs none',
+      figure: `${campaignSlots.withPerSec}/s vs ${campaignSlots.withoutPerSec}/s = ${campaignSlots.ratio}x`,
+      goal: 'within 2%',
+      met: campaignSlots.ratio >= 0.98,
+    })
+  if (fairness)
+    rows.push({
+      id: 10,
+      benchmark: 'fair share: B (200) after A (20,000)',
+      figure: `B's share ${fairness.bShare} of ${fairness.dialsInWindow} dials while both had due calls`,
+      goal: '0.45-0.55',
+      met: fairness.bShare >= 0.45 && fairness.bShare <= 0.55,
+    })
   return rows
 }
 
@@ -225,12 +286,14 @@ const pg = await startBenchDb(profile ? { shared_preload_libraries: 'pg_stat_sta
 log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus().length} cores`)
 let results: Partial<
   Awaited<ReturnType<typeof phaseCreate>> &
-    Awaited<ReturnType<typeof phaseDispatch>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> }
+    Awaited<ReturnType<typeof phaseDispatch>> &
+    Awaited<ReturnType<typeof phaseCampaigns>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> }
 > = {}
 try {
   if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
   if (only.includes('dispatch')) results = { ...results, ...(await phaseDispatch(pg)) }
   if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
+  if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
 } finally {
   await pg.stop()
 }
@@ -258,7 +321,7 @@ const file = await writeResults(
     invariantViolations: bad,
     ...results,
   },
-  !profile && only.length === 3,
+  !profile && only.length === 4,
 )
 console.log(`\n${seconds} s; results in ${path.relative(process.cwd(), file)}`)
 process.exit(bad.length > 0 ? 1 : 0)

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { STATUSES } from '../src/dispatch/call-state.ts'
+import { normalizePhone } from '../src/phone.ts'
 
 // `npm run calls -- <command>`: the operator's recipes from a shell. It reads the views of migration 0003 and acts
 // only through its functions (retry_call, cancel_pending_calls), which change calls the way the service does.
@@ -12,6 +13,10 @@ const USAGE = `Usage: npm run calls -- <command> [--json]
   show <call id>                  one call and its timeline
   retry <call id>                 put a FAILED, EXPIRED or CANCELED call back to PENDING (retry_call)
   cancel --all-pending            cancel every PENDING call (cancel_pending_calls)
+  campaigns                       campaigns: status, in progress against their cap, waiting for the window (campaign_overview)
+  pause <campaign id>             no new dial of the campaign starts once this returns (pause_campaign)
+  resume <campaign id>            dial the campaign again
+  suppress <phone> [--reason R]   never dial this phone again; its PENDING calls are canceled (suppress_phone)
 
   --json                          print JSON instead of tables
 
@@ -87,6 +92,7 @@ function parse(argv: string[]) {
       status: { type: 'string' },
       limit: { type: 'string' },
       'all-pending': { type: 'boolean', default: false },
+      reason: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   })
@@ -118,6 +124,16 @@ async function run(
       if (!opts['all-pending'])
         throw new UsageError('cancel needs --all-pending (one call: POST /api/v1/calls/<id>/cancel)')
       return cancelAllPending(db)
+    case 'campaigns':
+      return campaigns(db)
+    case 'pause':
+    case 'resume':
+      return pause(db, campaignId(rest), command === 'pause')
+    case 'suppress': {
+      const phone = normalizePhone(rest[0] ?? '')
+      if (!phone) throw new UsageError('a phone number with country code is required, e.g. +966501234567')
+      return suppress(db, phone, opts.reason)
+    }
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   }
@@ -126,6 +142,12 @@ async function run(
 function callId(rest: string[]): string {
   const id = rest[0]
   if (!id || !UUID.test(id)) throw new UsageError('a call id (uuid) is required')
+  return id
+}
+
+function campaignId(rest: string[]): string {
+  const id = rest[0]
+  if (!id || !UUID.test(id)) throw new UsageError('a campaign id (uuid) is required')
   return id
 }
 
@@ -223,6 +245,39 @@ async function cancelAllPending(db: pg.Client): Promise<Output> {
   return {
     json: { canceled },
     text: `canceled ${canceled} PENDING call${canceled === 1 ? '' : 's'}; calls in progress finish on their own`,
+  }
+}
+
+async function campaigns(db: pg.Client): Promise<Output> {
+  const { rows } = await db.query(`
+    select id, name, status, priority, in_progress || '/' || coalesce(max_concurrent_calls::text, '?') as slots,
+           pending, due_now, waiting, next_eligible_at, completed, failed + expired + canceled as not_completed,
+           done_percent
+      from campaign_overview order by created_at desc limit 100`)
+  return { json: rows, text: rows.length > 0 ? table(rows) : 'no campaigns' }
+}
+
+async function pause(db: pg.Client, id: string, paused: boolean): Promise<Output> {
+  const { rows } = await db.query('select id, name, status from pause_campaign($1::uuid, $2::boolean)', [id, paused])
+  const campaign = rows[0] as Row | undefined
+  if (!campaign) {
+    const found = await db.query('select status from campaigns where id = $1::uuid', [id])
+    throw new Refused(found.rows[0] ? `campaign ${id} is CANCELED: it cannot change` : `no campaign ${id}`)
+  }
+  return {
+    json: campaign,
+    text: paused
+      ? `campaign ${id} is PAUSED: no new dial of it starts; calls in progress finish`
+      : `campaign ${id} is ACTIVE again`,
+  }
+}
+
+async function suppress(db: pg.Client, phone: string, reason: string | undefined): Promise<Output> {
+  const { rows } = await db.query('select suppress_phone($1::text, $2::text) as canceled', [phone, reason ?? null])
+  const canceled = Number(rows[0]?.canceled ?? 0)
+  return {
+    json: { phone, canceled },
+    text: `${phone} is on the do-not-call list; ${canceled} PENDING call${canceled === 1 ? '' : 's'} canceled`,
   }
 }
 

@@ -55,7 +55,10 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
   if (config.role !== 'api') {
-    const previous = await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
+    const previous = await saveDispatchSettings(db, {
+      maxConcurrentCalls: config.dispatch.maxConcurrentCalls,
+      retry: config.dispatch,
+    })
     if (previous && previous.maxConcurrentCalls !== config.dispatch.maxConcurrentCalls) {
       log.warn(
         { ours: config.dispatch.maxConcurrentCalls, previous: previous.maxConcurrentCalls },

@@ -65,6 +65,8 @@ describe('GET /metrics', () => {
       orchestrator_calls_due: 'gauge',
       orchestrator_oldest_pending_age_seconds: 'gauge',
       orchestrator_longest_in_progress_seconds: 'gauge',
+      orchestrator_campaign_calls_in_progress: 'gauge',
+      orchestrator_campaign_calls_pending: 'gauge',
       orchestrator_database_up: 'gauge',
       orchestrator_dials_total: 'counter',
       orchestrator_dial_duration_seconds: 'histogram',

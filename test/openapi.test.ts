@@ -41,6 +41,17 @@ const OPERATIONS = [
   'listCalls',
   'getMetrics',
   'getDashboard',
+  'createCampaign',
+  'listCampaigns',
+  'getCampaign',
+  'updateCampaign',
+  'pauseCampaign',
+  'resumeCampaign',
+  'cancelCampaign',
+  'addSuppression',
+  'addSuppressions',
+  'listSuppressions',
+  'deleteSuppression',
   ...OPEN,
 ]
 const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']
@@ -76,8 +87,8 @@ describe('the OpenAPI document', () => {
     const client = ['401', '429', '500']
     const body = ['400', '413', '415']
     expect(codes).toEqual({
-      createCall: ['200', '201', '422', ...body, ...client].sort(),
-      createCallBatch: ['201', ...body, ...client].sort(),
+      createCall: ['200', '201', '404', '409', '422', ...body, ...client].sort(),
+      createCallBatch: ['201', '404', '409', ...body, ...client].sort(),
       getCall: ['200', '400', '404', ...client].sort(),
       listCallEvents: ['200', '400', '404', ...client].sort(),
       updateCall: ['200', '404', '409', ...body, ...client].sort(),
@@ -85,6 +96,17 @@ describe('the OpenAPI document', () => {
       listCalls: ['200', '400', ...client].sort(),
       getMetrics: ['200', ...client].sort(),
       getDashboard: ['200', ...client].sort(),
+      createCampaign: ['201', ...body, ...client].sort(),
+      listCampaigns: ['200', '400', ...client].sort(),
+      getCampaign: ['200', '400', '404', '409', ...client].sort(),
+      updateCampaign: ['200', '404', '409', ...body, ...client].sort(),
+      pauseCampaign: ['200', '404', '409', ...body, ...client].sort(),
+      resumeCampaign: ['200', '404', '409', ...body, ...client].sort(),
+      cancelCampaign: ['200', '404', '409', ...body, ...client].sort(),
+      addSuppression: ['200', '404', ...body, ...client].sort(),
+      addSuppressions: ['200', '404', ...body, ...client].sort(),
+      listSuppressions: ['200', '400', ...client].sort(),
+      deleteSuppression: ['200', '404', ...body, ...client].sort(),
       getHealth: ['200', '429', '500', '503'],
       getPrometheusMetrics: ['200', '429', '500'],
       receiveCallStatus: ['200', '401', '404', '409', '500', ...body].sort(),
@@ -162,13 +184,13 @@ type ListQuery = NonNullable<operations['listCalls']['parameters']['query']>
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false
 type Required<T> = { [K in keyof T]-?: {} extends Pick<T, K> ? never : K }[keyof T]
 export const shapes: [
-  Equal<keyof CreateCallBody, 'to' | 'scriptId' | 'metadata' | 'expiresAt'>,
+  Equal<keyof CreateCallBody, 'to' | 'scriptId' | 'metadata' | 'expiresAt' | 'scheduledAt' | 'campaignId'>,
   Equal<Required<CreateCallBody>, 'to' | 'scriptId'>,
   Equal<keyof PatchCallBody, 'to' | 'scriptId' | 'metadata'>,
   Equal<Required<PatchCallBody>, never>,
-  Equal<keyof ListQuery, 'status' | 'page' | 'limit'>,
+  Equal<keyof ListQuery, 'status' | 'campaignId' | 'page' | 'limit'>,
   Equal<Required<ListQuery>, never>,
-  Equal<keyof Json<operations['createCallBatch']['requestBody']>, 'calls'>,
+  Equal<keyof Json<operations['createCallBatch']['requestBody']>, 'campaignId' | 'calls'>,
 ] = [true, true, true, true, true, true, true]
 export type Call = Json<operations['getCall']['responses'][200]>['data']
 type ApiError = Json<operations['getCall']['responses'][404]>

@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import { afterAll, describe, expect, it } from 'vitest'
 import { type Simulator, startSimulator } from '../src/providers/simulator.ts'
+import { maxOverlap } from './campaign-helpers.ts'
 import { phone, waitFor } from './helpers.ts'
 import { startServiceProcess, useTestDb, waitAllFinal } from './kit.ts'
 import { dialsPerCall, FAST } from './stack.ts'
@@ -49,6 +50,48 @@ describe('several service processes on one database', () => {
       n: number
     }>`select count(*)::int as n from call_events where kind = 'CLAIMED'`.execute(t.db)
     expect(claimedBy.rows[0]?.n).toBe(ids.length)
+    await Promise.all(all.map((p) => p.stop()))
+    await sim.close()
+  }, 60_000)
+
+  it("keep each campaign's cap and the global cap together across three processes", async () => {
+    await sql`truncate calls cascade`.execute(t.db)
+    sim = await startSimulator({ callDurationMs: 80 })
+    const all = await Promise.all([1, 2, 3].map(() => startProcess({ MAX_CONCURRENT_CALLS: '5' })))
+    const post = async (url: string, body: object) => {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
+      expect(res.status).toBe(201)
+      return ((await res.json()) as { data: { id: string; ids: string[] } }).data
+    }
+    const campaigns = await Promise.all(
+      [0, 1].map(
+        async (i) => (await post(`${all[i]?.url}/api/v1/campaigns`, { name: `c${i}`, maxConcurrentCalls: 2 })).id,
+      ),
+    )
+    const perCampaign = await Promise.all(
+      all.flatMap((p, i) =>
+        campaigns.map(async (campaignId, k) => {
+          const calls = Array.from({ length: 15 }, (_, j) => ({
+            to: phone(20_000 + i * 1000 + k * 100 + j),
+            scriptId: 'multi',
+          }))
+          return { campaignId, ids: (await post(`${p.url}/api/v1/calls/batch`, { campaignId, calls })).ids }
+        }),
+      ),
+    )
+    await createCalls(all[2]?.url as string, 30, 30_000)
+    const calls = await finalStatuses()
+    expect(calls.every((c) => c.status === 'COMPLETED')).toBe(true)
+    const s = sim.stats()
+    expect(s.maxActive).toBe(5)
+    for (const campaignId of campaigns) {
+      const ids = new Set(perCampaign.filter((c) => c.campaignId === campaignId).flatMap((c) => c.ids))
+      expect(maxOverlap(s.dials, ids)).toBe(2)
+    }
     await Promise.all(all.map((p) => p.stop()))
     await sim.close()
   }, 60_000)

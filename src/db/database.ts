@@ -38,6 +38,34 @@ export interface CallsTable {
   duration_sec: number | null
   idempotency_key: string | null
   request_hash: string | null
+  campaign_id: Generated<string | null>
+  time_zones: Generated<string[] | null>
+  scheduled_at: Generated<Date | null>
+}
+
+export interface CampaignsTable {
+  id: Generated<string>
+  name: string
+  status: Generated<'ACTIVE' | 'PAUSED' | 'CANCELED'>
+  priority: Generated<number>
+  max_concurrent_calls: number | null
+  calling_window: ColumnType<Record<string, unknown> | null, string | null, string | null>
+  retry_policy: ColumnType<Record<string, unknown> | null, string | null, string | null>
+  starts_at: Timestamp | null
+  ends_at: Timestamp | null
+  max_dials_per_phone_per_day: number | null
+  metadata: ColumnType<Record<string, unknown>, string, string>
+  created_at: DefaultTimestamp
+  updated_at: DefaultTimestamp
+  canceled_at: Timestamp | null
+}
+
+export interface SuppressionsTable {
+  phone: string
+  campaign_id: string | null
+  reason: string | null
+  expires_at: Timestamp | null
+  created_at: DefaultTimestamp
 }
 
 export interface CallEventsTable {
@@ -53,10 +81,14 @@ export interface CallEventsTable {
 export interface DB {
   calls: CallsTable
   call_events: CallEventsTable
+  campaigns: CampaignsTable
+  suppressions: SuppressionsTable
 }
 
 export type Call = Selectable<CallsTable>
 export type CallEvent = Selectable<CallEventsTable>
+export type Campaign = Selectable<CampaignsTable>
+export type Suppression = Selectable<SuppressionsTable>
 export type Database = Kysely<DB>
 
 /**

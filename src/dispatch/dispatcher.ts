@@ -5,7 +5,7 @@ import type { DialResult, Provider } from '../providers/generic.ts'
 import type { EndAttemptResult } from '../sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
 import { readDispatchSettings } from '../sql/settings.ts'
-import { expireOverdueCalls, timeOutSilentCalls } from '../sql/sweep.ts'
+import { expireOverdueCalls, sweepCampaignCalls, timeOutSilentCalls } from '../sql/sweep.ts'
 import { type AttemptEnd, decideAttemptEnd, type RetryPolicy } from './call-state.ts'
 import type { Recorder } from './recorder.ts'
 
@@ -74,6 +74,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
     o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
+    await sweepCampaignCalls(o.db) // campaigns ended, phones suppressed, windows closed (docs/campaigns.md)
     if (Date.now() - lastSettingsCheck >= SETTINGS_RECHECK_MS) {
       lastSettingsCheck = Date.now()
       const saved = await readDispatchSettings(o.db)

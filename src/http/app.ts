@@ -12,9 +12,11 @@ import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './errors.t
 import { documentRoutes, swaggerOptions } from './openapi.ts'
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
+import { campaignRoutes } from './routes/campaigns.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
 import { opsRoutes } from './routes/ops.ts'
 import { providerCallbackRoutes } from './routes/provider-callbacks.ts'
+import { suppressionRoutes } from './routes/suppressions.ts'
 
 export const BODY_LIMIT = 64 * 1024
 
@@ -110,6 +112,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   }
   if (deps.clientApi !== false) {
     await app.register(callRoutes, routeDeps)
+    await app.register(campaignRoutes, routeDeps)
+    await app.register(suppressionRoutes, routeDeps)
     await app.register(dashboardRoutes, routeDeps)
   }
   await app.register(callbackRoutes, routeDeps)

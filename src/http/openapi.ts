@@ -13,6 +13,11 @@ import { errorResponse } from './errors.ts'
 /** Every tag a route may use, with what it groups (a new tag is added here first). */
 export const TAGS = [
   { name: 'calls', description: 'Queue calls, follow them, change or cancel them while they are PENDING' },
+  {
+    name: 'campaigns',
+    description: 'Sets of calls under shared rules: calling window, cap, priority, retry rules (docs/campaigns.md)',
+  },
+  { name: 'suppressions', description: 'The do-not-call list: a suppressed phone is never dialed' },
   { name: 'ops', description: 'Health, metrics and the dashboard data' },
   {
     name: 'callbacks',

@@ -4,7 +4,7 @@ import type { DB } from '../db/database.ts'
 import { type AttemptEnd, STATUSES } from '../dispatch/call-state.ts'
 import type { DialResult } from '../providers/generic.ts'
 import type { EndAttemptResult } from '../sql/attempts.ts'
-import { type CallSnapshot, callSnapshot } from '../sql/metrics.ts'
+import { type CallSnapshot, type CampaignGauge, callSnapshot, campaignGauges } from '../sql/metrics.ts'
 import { cachedFor } from './cached.ts'
 
 // Prometheus metrics of one process, in a registry of its own (tests build several apps in one process).
@@ -124,6 +124,31 @@ export function createMetrics(o: MetricsOptions): Metrics {
     'orchestrator_longest_in_progress_seconds',
     'How long the oldest IN_PROGRESS call has held its slot; 0 when none is in progress.',
     (s) => s.longestInProgressSec ?? 0,
+  )
+  // Per campaign, bounded: at most CAMPAIGN_LABELS_MAX campaign ids plus "other" (sql/metrics.ts campaignGauges).
+  const loadCampaigns = cachedFor(o.cacheMs ?? 1000, () => withTimeout(campaignGauges(o.db), o.queryTimeoutMs ?? 2000))
+  const campaignGauge = (name: string, help: string, read: (g: CampaignGauge) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['campaign'],
+      registers,
+      async collect() {
+        const rows = await loadCampaigns().catch(() => undefined)
+        if (!rows) return
+        this.reset() // a campaign that has finished leaves the exposition
+        for (const g of rows) this.set({ campaign: g.campaign }, read(g))
+      },
+    })
+  campaignGauge(
+    'orchestrator_campaign_calls_in_progress',
+    'IN_PROGRESS calls per campaign (at most 20 campaign ids, the rest as campaign="other").',
+    (g) => g.inProgress,
+  )
+  campaignGauge(
+    'orchestrator_campaign_calls_pending',
+    'PENDING calls per campaign, due or waiting for their window (at most 20 campaign ids, the rest as "other").',
+    (g) => g.pending,
   )
   new Gauge({
     name: 'orchestrator_database_up',

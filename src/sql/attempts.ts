@@ -152,13 +152,20 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     ), locked as (
       -- in id order, like recordDialsAccepted: batches that lock shared rows in different orders would deadlock
       select id from calls where id = any(array(select call_id from report)) order by id for no key update
+    ), decided as (
+      -- campaigns (migration 0010): a campaign's retryPolicy may override r.next, a retry waits for the calling
+      -- window, and a retry of a canceled campaign's call ends CANCELED. For other calls this is r.next unchanged.
+      select r.ord, d.next, d.next_at
+        from report r join calls c on c.id = r.call_id
+        cross join lateral campaign_end_attempt(c.campaign_id, c.time_zones, r.next, r.refund = 0, r.delay_sec,
+                                                r.outcome, r.event_kind, r.attempt, r.error ->> 'code') d
+       where c.id = any(array(select call_id from report))
     ), ended as (
       update calls c
-         set status           = r.next,
+         set status           = d.next,
              attempts         = c.attempts - r.refund,
-             next_attempt_at  = case when r.next = 'PENDING'
-                                     then now() + make_interval(secs => r.delay_sec) else c.next_attempt_at end,
-             ended_at         = case when r.next = 'PENDING' then null else now() end,
+             next_attempt_at  = case when d.next = 'PENDING' then d.next_at else c.next_attempt_at end,
+             ended_at         = case when d.next = 'PENDING' then null else now() end,
              last_error       = r.error,
              last_outcome     = coalesce(r.outcome, c.last_outcome),
              reported_attempt = case when r.outcome is not null then r.attempt else c.reported_attempt end,
@@ -169,7 +176,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
              duration_sec     = coalesce(r.duration_sec, c.duration_sec),
              -- a dial whose answer we never read (unknown) learns its provider id from the report
              provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
-        from report r join locked l on l.id = r.call_id
+        from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
          and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
       returning r.ord, c.status

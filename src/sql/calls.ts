@@ -15,6 +15,12 @@ export interface NewCall {
   expiresAt: Date | null
   idempotencyKey: string | null
   requestHash: string | null
+  /** The campaign whose rules the call obeys, or null. */
+  campaignId: string | null
+  /** Not dialed before this; null: now. */
+  scheduledAt: Date | null
+  /** The recipient's IANA zones (campaign calls; src/campaigns/timezones.ts); null when not looked up. */
+  timeZones: string[] | null
 }
 
 export type CreateResult =
@@ -82,6 +88,9 @@ function toInsertRows(calls: readonly NewCall[]) {
     expires_at: c.expiresAt,
     idempotency_key: c.idempotencyKey,
     request_hash: c.requestHash,
+    campaign_id: c.campaignId,
+    scheduled_at: c.scheduledAt,
+    time_zones: c.timeZones,
   }))
 }
 
@@ -91,16 +100,30 @@ async function insertStatement<R>(
   expiryMs: number,
   returning: RawBuilder<unknown>,
 ): Promise<R[]> {
+  // A campaign call's next_attempt_at starts at its window's next opening (window_next_open, migration 0010), so a
+  // call queued at night is not in the due prefix the claim walks until morning. The opening is computed once per
+  // (campaign, zones, scheduledAt): the calls of a batch share a few.
   const { rows } = await sql<R>`
     with input as (
       select * from jsonb_to_recordset(${JSON.stringify(input)}::jsonb) as t(
         id uuid, to_phone text, script_id text, metadata jsonb, expires_at timestamptz,
-        idempotency_key text, request_hash text)
+        idempotency_key text, request_hash text, campaign_id uuid, scheduled_at timestamptz, time_zones text[])
+    ), opening as (
+      select g.campaign_id, g.time_zones, g.scheduled_at,
+             window_next_open(k.calling_window, window_zones(k.calling_window, g.time_zones),
+                              greatest(now(), g.scheduled_at, k.starts_at)) as at
+        from (select distinct campaign_id, time_zones, scheduled_at from input where campaign_id is not null) g
+        join campaigns k on k.id = g.campaign_id
     ), inserted as (
-      insert into calls (id, to_phone, script_id, metadata, expires_at, idempotency_key, request_hash)
-      select id, to_phone, script_id, metadata,
-             coalesce(expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8)), idempotency_key, request_hash
-        from input
+      insert into calls (id, to_phone, script_id, metadata, expires_at, idempotency_key, request_hash,
+                         campaign_id, scheduled_at, time_zones, next_attempt_at)
+      select i.id, i.to_phone, i.script_id, i.metadata,
+             coalesce(i.expires_at, now() + make_interval(secs => ${expiryMs / 1000}::float8)), i.idempotency_key,
+             i.request_hash, i.campaign_id, i.scheduled_at, i.time_zones,
+             case when i.campaign_id is null then greatest(now(), i.scheduled_at) else coalesce(o.at, now()) end
+        from input i
+        left join opening o on o.campaign_id = i.campaign_id and o.time_zones is not distinct from i.time_zones
+                           and o.scheduled_at is not distinct from i.scheduled_at
       on conflict (idempotency_key) where idempotency_key is not null do nothing
       returning *
     ), history as (
@@ -125,6 +148,8 @@ export interface CallPatch {
   toPhone?: string
   scriptId?: string
   metadata?: Record<string, unknown>
+  /** The new number's zones, with toPhone. */
+  timeZones?: string[]
 }
 
 export async function updatePendingCall(db: Kysely<DB>, id: string, patch: CallPatch): Promise<PendingChange> {
@@ -133,12 +158,13 @@ export async function updatePendingCall(db: Kysely<DB>, id: string, patch: CallP
       update calls
          set to_phone  = coalesce(${patch.toPhone ?? null}, to_phone),
              script_id = coalesce(${patch.scriptId ?? null}, script_id),
-             metadata  = coalesce(${patch.metadata ? JSON.stringify(patch.metadata) : null}::jsonb, metadata)
+             metadata  = coalesce(${patch.metadata ? JSON.stringify(patch.metadata) : null}::jsonb, metadata),
+             time_zones = coalesce(${patch.timeZones ?? null}::text[], time_zones)
        where id = ${id}::uuid and status = 'PENDING'
       returning *
     ), history as (
       insert into call_events (call_id, attempt, kind, status, detail)
-      select id, attempts, 'UPDATED', status, ${JSON.stringify({ fields: Object.keys(patch) })}::jsonb from changed
+      select id, attempts, 'UPDATED', status, ${JSON.stringify({ fields: Object.keys(patch).filter((k) => k !== 'timeZones') })}::jsonb from changed
     )
     select * from changed
   `.execute(db)
@@ -167,6 +193,7 @@ async function whyNotPending(db: Kysely<DB>, id: string): Promise<PendingChange>
 
 export interface ListQuery {
   status?: CallStatus
+  campaignId?: string
   page: number
   limit: number
 }
@@ -174,6 +201,7 @@ export interface ListQuery {
 export async function listCalls(db: Kysely<DB>, q: ListQuery): Promise<{ calls: Call[]; total: number }> {
   let query = db.selectFrom('calls')
   if (q.status) query = query.where('status', '=', q.status)
+  if (q.campaignId) query = query.where('campaign_id', '=', q.campaignId)
   const [calls, count] = await Promise.all([
     query
       .selectAll()

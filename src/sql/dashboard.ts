@@ -31,6 +31,36 @@ export interface DashboardState {
 
 export const DASHBOARD_MINUTES = 30
 
+export interface CampaignRow {
+  id: string
+  name: string
+  status: string
+  priority: number
+  inProgress: number
+  maxConcurrentCalls: number | null
+  pending: number
+  dueNow: number
+  waiting: number
+  nextEligibleAt: string | null
+  completed: number
+  total: number
+  donePercent: number | null
+}
+
+/** The campaigns panel: campaigns not canceled or with calls still open, newest first, from campaign_overview. */
+export async function dashboardCampaigns(db: Kysely<DB>, limit = 20): Promise<CampaignRow[]> {
+  const { rows } = await sql<CampaignRow>`
+    select id, name, status, priority, in_progress as "inProgress", max_concurrent_calls as "maxConcurrentCalls",
+           pending, due_now as "dueNow", waiting, next_eligible_at as "nextEligibleAt", completed, total,
+           done_percent::float8 as "donePercent"
+      from campaign_overview
+     where status <> 'CANCELED' or pending + in_progress > 0
+     order by created_at desc
+     limit ${limit}::int
+  `.execute(db)
+  return rows.map((r) => ({ ...r, nextEligibleAt: r.nextEligibleAt ? new Date(r.nextEligibleAt).toISOString() : null }))
+}
+
 export async function dashboardState(db: Kysely<DB>): Promise<DashboardState> {
   // completed: a final COMPLETED applied (or late, after a timeout); failed: a final FAILED applied, or a timeout
   // (a late FAILED after a timeout is not counted twice); retries: an attempt put back to PENDING, or an operator's

@@ -58,3 +58,35 @@ export async function callSnapshot(db: Kysely<DB>): Promise<CallSnapshot> {
     attempts: { finished: r.finished, average: r.avg_attempts, max: r.max_attempts, retried: r.retried },
   }
 }
+
+/** Campaign gauges carry at most this many campaign labels; the rest are summed under campaign="other". */
+export const CAMPAIGN_LABELS_MAX = 20
+
+export interface CampaignGauge {
+  /** A campaign id, or 'other'. */
+  campaign: string
+  inProgress: number
+  pending: number
+}
+
+/**
+ * In-progress and pending calls per campaign, for Prometheus. Label cardinality is bounded: only campaigns that
+ * have calls PENDING or IN_PROGRESS are reported, the CAMPAIGN_LABELS_MAX with the most of them by id, the rest
+ * summed as 'other' (docs/campaigns.md). Reads calls_by_campaign_status.
+ */
+export async function campaignGauges(db: Kysely<DB>): Promise<CampaignGauge[]> {
+  const { rows } = await sql<{ campaign: string; in_progress: number; pending: number }>`
+    with live as (
+      select campaign_id, count(*) filter (where status = 'IN_PROGRESS')::int as in_progress,
+             count(*) filter (where status = 'PENDING')::int as pending
+        from calls where campaign_id is not null and status in ('PENDING', 'IN_PROGRESS')
+       group by campaign_id
+    ), ranked as (
+      select *, row_number() over (order by in_progress + pending desc, campaign_id) as n from live
+    )
+    select case when n <= ${CAMPAIGN_LABELS_MAX}::int then campaign_id::text else 'other' end as campaign,
+           sum(in_progress)::int as in_progress, sum(pending)::int as pending
+      from ranked group by 1
+  `.execute(db)
+  return rows.map((r) => ({ campaign: r.campaign, inProgress: r.in_progress, pending: r.pending }))
+}

@@ -9,15 +9,23 @@ import type { DB } from '../db/database.ts'
 
 export interface DispatchSettings {
   maxConcurrentCalls: number
+  /** The environment's retry rules, which a campaign's retryPolicy falls back to (migration 0010). */
+  retry?: { maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number }
 }
 
 /** Saves this process's settings and returns the ones it replaced (undefined on a fresh database). */
 export async function saveDispatchSettings(db: Kysely<DB>, s: DispatchSettings): Promise<DispatchSettings | undefined> {
   const { rows } = await sql<{ previous: number | null }>`
     with previous as (select max_concurrent_calls from dispatch_settings)
-    insert into dispatch_settings (singleton, max_concurrent_calls) values (true, ${s.maxConcurrentCalls}::int)
+    insert into dispatch_settings (singleton, max_concurrent_calls, max_retry_attempts, retry_base_delay_ms, retry_max_delay_ms)
+    values (true, ${s.maxConcurrentCalls}::int, ${s.retry?.maxAttempts ?? null}::int,
+            ${s.retry?.retryBaseDelayMs ?? null}::int, ${s.retry?.retryMaxDelayMs ?? null}::int)
     on conflict (singleton) do update
-      set max_concurrent_calls = excluded.max_concurrent_calls, updated_at = now()
+      set max_concurrent_calls = excluded.max_concurrent_calls,
+          max_retry_attempts = coalesce(excluded.max_retry_attempts, dispatch_settings.max_retry_attempts),
+          retry_base_delay_ms = coalesce(excluded.retry_base_delay_ms, dispatch_settings.retry_base_delay_ms),
+          retry_max_delay_ms = coalesce(excluded.retry_max_delay_ms, dispatch_settings.retry_max_delay_ms),
+          updated_at = now()
     returning (select max_concurrent_calls from previous) as previous
   `.execute(db)
   const previous = rows[0]?.previous

@@ -1,6 +1,7 @@
-import { createHash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
+import { admitCalls } from '../../campaigns/admission.ts'
+import { knownZones, zonesOfPhone } from '../../campaigns/timezones.ts'
 import { coalesce } from '../../db/coalesce.ts'
 import type { Call } from '../../db/database.ts'
 import { PROVIDER_FINAL, STATUSES } from '../../dispatch/call-state.ts'
@@ -17,49 +18,33 @@ import {
   type PendingChange,
   updatePendingCall,
 } from '../../sql/calls.ts'
+import { CampaignId, CreateCallBody, checkMetadata, Metadata, Phone, ScriptId, toNewCall } from '../call-input.ts'
 import type { AppDeps } from '../deps.ts'
 import { type ApiError, apiError, errorBody, errorResponse } from '../errors.ts'
 
 // ---- schemas ----
-const METADATA_MAX_BYTES = 16 * 1024
 export const BATCH_MAX = 1000
 
-const Phone = Type.String({
-  minLength: 1,
-  maxLength: 32,
-  description: 'Phone number with country code, e.g. +966501234567',
-})
-const ScriptId = Type.String({ pattern: '^[A-Za-z0-9_.-]{1,100}$', description: '1-100 of A-Z a-z 0-9 _ . -' })
-const Metadata = Type.Record(Type.String(), Type.Unknown(), {
-  description: 'JSON object passed to the provider, at most 16 KiB',
-})
 const Status = Type.Enum(STATUSES)
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
 const Timestamp = Type.String({ format: 'date-time' })
 
-const CreateCallBody = Type.Object(
-  {
-    to: Phone,
-    scriptId: ScriptId,
-    metadata: Type.Optional(Metadata),
-    expiresAt: Type.Optional(
-      Type.String({ format: 'date-time', description: 'Not dialed after this; default now + CALL_EXPIRY_MS' }),
-    ),
-  },
-  { additionalProperties: false },
-)
 const PatchCallBody = Type.Object(
   { to: Type.Optional(Phone), scriptId: Type.Optional(ScriptId), metadata: Type.Optional(Metadata) },
   { additionalProperties: false, minProperties: 1 },
 )
 const BatchBody = Type.Object(
-  { calls: Type.Array(CreateCallBody, { minItems: 1, maxItems: BATCH_MAX }) },
+  {
+    campaignId: Type.Optional(CampaignId),
+    calls: Type.Array(CreateCallBody, { minItems: 1, maxItems: BATCH_MAX }),
+  },
   { additionalProperties: false },
 )
 const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
 const ListQuery = Type.Object(
   {
     status: Type.Optional(Status),
+    campaignId: Type.Optional(CampaignId),
     page: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1 }),
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
   },
@@ -90,6 +75,8 @@ const CallJson = Type.Object({
   startedAt: Nullable(Timestamp),
   endedAt: Nullable(Timestamp),
   expiresAt: Timestamp,
+  campaignId: Nullable(Type.String({ format: 'uuid' })),
+  scheduledAt: Nullable(Timestamp),
 })
 const CallEnvelope = Type.Object({ success: Type.Literal(true), data: CallJson })
 const EventJson = Type.Object({
@@ -100,8 +87,6 @@ const EventJson = Type.Object({
   detail: Type.Record(Type.String(), Type.Unknown()),
   createdAt: Timestamp,
 })
-
-type CreateCallInput = Static<typeof CreateCallBody>
 
 const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
 
@@ -122,53 +107,9 @@ export function toCallJson(c: Call): Static<typeof CallJson> {
     startedAt: iso(c.started_at),
     endedAt: iso(c.ended_at),
     expiresAt: iso(c.expires_at) as string,
+    campaignId: c.campaign_id,
+    scheduledAt: iso(c.scheduled_at),
   }
-}
-
-/** Checks what a schema cannot (a real phone number, metadata size, a future expiry) and normalizes. */
-function toNewCall(
-  body: CreateCallInput,
-  idempotencyKey: string | null,
-): { ok: true; call: NewCall } | { ok: false; error: ApiError } {
-  const toPhone = normalizePhone(body.to)
-  if (!toPhone)
-    return {
-      ok: false,
-      error: apiError(400, 'INVALID_PHONE', 'to must be a valid phone number with country code, e.g. +966501234567'),
-    }
-  const metadata = body.metadata ?? {}
-  const metaError = checkMetadata(metadata)
-  if (metaError) return { ok: false, error: metaError }
-  let expiresAt: Date | null = null
-  if (body.expiresAt !== undefined) {
-    expiresAt = new Date(body.expiresAt)
-    if (!(expiresAt.getTime() > Date.now()))
-      return { ok: false, error: apiError(400, 'INVALID_EXPIRES_AT', 'expiresAt must be in the future') }
-  }
-  const requestHash = idempotencyKey
-    ? createHash('sha256')
-        .update(
-          canonicalJson({ toPhone, scriptId: body.scriptId, metadata, expiresAt: expiresAt?.toISOString() ?? null }),
-        )
-        .digest('hex')
-    : null
-  return { ok: true, call: { toPhone, scriptId: body.scriptId, metadata, expiresAt, idempotencyKey, requestHash } }
-}
-
-function checkMetadata(metadata: Record<string, unknown>): ApiError | undefined {
-  return Buffer.byteLength(JSON.stringify(metadata)) > METADATA_MAX_BYTES
-    ? apiError(400, 'METADATA_TOO_LARGE', `metadata must be at most ${METADATA_MAX_BYTES} bytes of JSON`)
-    : undefined
-}
-
-/** JSON with sorted keys, so the same request hashes the same whatever its key order. */
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
-  }
-  return JSON.stringify(value)
 }
 
 function pendingChangeError(r: Exclude<PendingChange, { kind: 'changed' }>, id: string): ApiError {
@@ -213,13 +154,21 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
           200: { ...CallEnvelope, description: 'Replayed: the call this Idempotency-Key created before' },
           201: { ...CallEnvelope, description: 'Queued' },
           400: invalid,
-          422: errorResponse('IDEMPOTENCY_KEY_REUSED: the key was used with another body; details.callId'),
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+          409: errorResponse('CAMPAIGN_CANCELED'),
+          422: errorResponse(
+            'IDEMPOTENCY_KEY_REUSED (details.callId), PHONE_SUPPRESSED, or NO_CALLING_WINDOW (details.timeZones)',
+          ),
         },
       },
     },
     async (req, reply) => {
       const input = toNewCall(req.body, req.headers['idempotency-key'] ?? null)
       if (!input.ok) return reply.code(input.error.status as 400).send(errorBody(input.error))
+      const admission = await admitCalls(db, [input.call])
+      const refused =
+        admission.campaignError ?? (admission.results[0]?.ok === false ? admission.results[0].error : undefined)
+      if (refused) return reply.code(refused.status as 404 | 409 | 422).send(errorBody(refused))
       const result = await createOne(input.call)
       if (result.kind === 'key_reused') {
         const e = apiError(
@@ -240,14 +189,24 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       schema: {
         operationId: 'createCallBatch',
         tags: ['calls'],
-        summary: `Queue up to ${BATCH_MAX} calls at once, all or none`,
+        summary: `Queue up to ${BATCH_MAX} calls at once: all or none, except suppressed numbers and numbers without a calling window, which are skipped`,
         body: BatchBody,
         response: {
           201: Type.Object({
             success: Type.Literal(true),
-            data: Type.Object({ count: Type.Integer(), ids: Type.Array(Type.String({ format: 'uuid' })) }),
+            data: Type.Object({
+              count: Type.Integer(),
+              ids: Type.Array(Nullable(Type.String({ format: 'uuid' })), {
+                description: 'In request order; null where skipped',
+              }),
+              skipped: Type.Array(Type.Object({ index: Type.Integer(), code: Type.String() }), {
+                description: 'Items left out: PHONE_SUPPRESSED or NO_CALLING_WINDOW',
+              }),
+            }),
           }),
           400: errorResponse('VALIDATION_ERROR: details lists each invalid call by index; none was queued'),
+          404: errorResponse('CAMPAIGN_NOT_FOUND'),
+          409: errorResponse('CAMPAIGN_CANCELED'),
         },
       },
     },
@@ -255,7 +214,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       const calls: NewCall[] = []
       const problems: { index: number; code: string; message: string }[] = []
       req.body.calls.forEach((body, index) => {
-        const r = toNewCall(body, null)
+        const r = toNewCall(body, null, req.body.campaignId)
         if (r.ok) calls.push(r.call)
         else problems.push({ index, code: r.error.code, message: r.error.message })
       })
@@ -273,13 +232,33 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             ),
           )
       }
-      const ids = await withDueNow(
-        db,
-        wakeup,
-        (tx) => insertCallsForIds(tx, calls, expiryMs),
-        () => true,
-      )
-      return reply.code(201).send({ success: true, data: { count: ids.length, ids } })
+      // Items with a campaignId of their own and no batch campaignId: every item must name the same one.
+      if (new Set(calls.map((c) => c.campaignId)).size > 1)
+        return reply
+          .code(400)
+          .send(errorBody(apiError(400, 'VALIDATION_ERROR', 'all calls of a batch belong to one campaign (or none)')))
+      const admission = await admitCalls(db, calls)
+      if (admission.campaignError)
+        return reply.code(admission.campaignError.status as 404 | 409).send(errorBody(admission.campaignError))
+      const skipped: { index: number; code: string }[] = []
+      const admitted = calls.filter((_, index) => {
+        const a = admission.results[index]
+        if (a?.ok === false) skipped.push({ index, code: a.error.code })
+        return a?.ok !== false
+      })
+      const inserted =
+        admitted.length === 0
+          ? []
+          : await withDueNow(
+              db,
+              wakeup,
+              (tx) => insertCallsForIds(tx, admitted, expiryMs),
+              () => true,
+            )
+      const skippedAt = new Set(skipped.map((s) => s.index))
+      let next = 0
+      const ids = calls.map((_, index) => (skippedAt.has(index) ? null : (inserted[next++] as string)))
+      return reply.code(201).send({ success: true, data: { count: inserted.length, ids, skipped } })
     },
   )
 
@@ -351,7 +330,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       const metaError = metadata ? checkMetadata(metadata) : undefined
       if (metaError) return reply.code(400).send(errorBody(metaError))
       const r = await updatePendingCall(db, req.params.id, {
-        ...(toPhone ? { toPhone } : {}),
+        ...(toPhone ? { toPhone, timeZones: zonesOfPhone(toPhone, await knownZones(db)) } : {}),
         ...(scriptId ? { scriptId } : {}),
         ...(metadata ? { metadata } : {}),
       })
@@ -402,8 +381,13 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       },
     },
     async (req) => {
-      const { page, limit, status } = req.query
-      const { calls, total } = await listCalls(db, { page, limit, ...(status ? { status } : {}) })
+      const { page, limit, status, campaignId } = req.query
+      const { calls, total } = await listCalls(db, {
+        page,
+        limit,
+        ...(status ? { status } : {}),
+        ...(campaignId ? { campaignId } : {}),
+      })
       return { success: true as const, data: calls.map(toCallJson), pagination: { page, limit, total } }
     },
   )

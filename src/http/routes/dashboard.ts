@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { cachedFor } from '../../ops/cached.ts'
-import { DASHBOARD_MINUTES, dashboardState, recentCalls } from '../../sql/dashboard.ts'
+import { DASHBOARD_MINUTES, dashboardCampaigns, dashboardState, recentCalls } from '../../sql/dashboard.ts'
 import type { AppDeps } from '../deps.ts'
 
 // The live dashboard: a static page (src/ops/dashboard/, no build step) that polls GET /api/v1/dashboard. The JSON is
@@ -43,6 +43,24 @@ const Dashboard = Type.Object({
       }),
       { description: `the last ${DASHBOARD_MINUTES} minutes, oldest first; the last one is still running` },
     ),
+    campaigns: Type.Array(
+      Type.Object({
+        id: Type.String({ format: 'uuid' }),
+        name: Type.String(),
+        status: Type.String(),
+        priority: Type.Integer(),
+        inProgress: Type.Integer(),
+        maxConcurrentCalls: Nullable(Type.Integer()),
+        pending: Type.Integer(),
+        dueNow: Type.Integer(),
+        waiting: Type.Integer({ description: 'PENDING, not yet due: outside the calling window, scheduled, retrying' }),
+        nextEligibleAt: Nullable(Timestamp),
+        completed: Type.Integer(),
+        total: Type.Integer(),
+        donePercent: Nullable(Type.Number()),
+      }),
+      { description: 'Campaigns not canceled (or with calls still open), newest first, at most 20' },
+    ),
     recent: Type.Array(
       Type.Object({
         id: Type.String({ format: 'uuid' }),
@@ -82,9 +100,14 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
   }
 
   const load = cachedFor(1000, async () => {
-    const [state, recent] = await Promise.all([dashboardState(db), recentCalls(db, 20)])
+    const [state, recent, campaigns] = await Promise.all([
+      dashboardState(db),
+      recentCalls(db, 20),
+      dashboardCampaigns(db),
+    ])
     return {
       ...state,
+      campaigns,
       maxConcurrentCalls: state.maxConcurrentCalls ?? config.dispatch.maxConcurrentCalls,
       callTimeoutSec: config.dispatch.callTimeoutMs / 1000,
       recent,

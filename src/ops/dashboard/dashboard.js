@@ -203,6 +203,26 @@ function renderRecent(data) {
   $('recent').replaceChildren(...rows)
 }
 
+function renderCampaigns(data) {
+  const rows = data.campaigns.map((k) =>
+    el(
+      'tr',
+      {},
+      el('td', { title: k.id }, k.name),
+      el('td', {}, el('span', { class: `badge ${k.status}` }, k.status)),
+      el('td', {}, String(k.priority)),
+      el('td', {}, `${k.inProgress} / ${k.maxConcurrentCalls ?? data.maxConcurrentCalls}`),
+      el('td', {}, String(k.dueNow)),
+      el('td', {}, String(k.waiting)),
+      el('td', { class: 'mono' }, k.nextEligibleAt ? new Date(k.nextEligibleAt).toLocaleString() : '–'),
+      el('td', {}, k.donePercent === null ? '–' : `${k.donePercent}% of ${k.total}`),
+    ),
+  )
+  $('campaigns').replaceChildren(
+    ...(rows.length > 0 ? rows : [el('tr', {}, el('td', { colspan: '8' }, 'no campaigns'))]),
+  )
+}
+
 // ---- polling ----
 
 function render(data) {
@@ -226,6 +246,7 @@ function render(data) {
     ],
     false,
   )
+  renderCampaigns(data)
   renderRecent(data)
 }
 
