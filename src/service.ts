@@ -8,6 +8,7 @@ import { type EmbeddedDb, startEmbeddedDb } from './db/embedded.ts'
 import { createDispatcher, type Dispatcher } from './dispatch/dispatcher.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
+import { createHousekeeping } from './ops/housekeeping.ts'
 import { createMetrics } from './ops/metrics.ts'
 import { createProvider } from './providers/generic.ts'
 import { type Simulator, startSimulator } from './providers/simulator.ts'
@@ -42,14 +43,24 @@ export async function startService(config: Config, log: Logger): Promise<Service
     )
   }
   const databaseUrl = config.databaseUrl ?? (embedded as EmbeddedDb).url
+  // Behind a transaction pooler (DATABASE_POOLER=pgbouncer) the service pool prepares nothing, and what needs a
+  // session (pg-boss's LISTEN connection, the migrations) uses DATABASE_DIRECT_URL; without one, pg-boss polls.
+  const pooled = config.pooler === 'pgbouncer'
+  const directUrl = (config.databaseUrl ? config.databaseDirectUrl : undefined) ?? databaseUrl
+  const directIsPooler = pooled && directUrl === databaseUrl
 
-  const pool = createPool(databaseUrl, config.dbPoolMax)
+  const pool = createPool(databaseUrl, config.dbPoolMax, { prepare: !pooled })
   const db = createDb(pool)
-  const applied = await migrateToLatest(db)
+  const migrationDb = directUrl === databaseUrl ? db : createDb(createPool(directUrl, 2, { prepare: false }))
+  const applied = await migrateToLatest(migrationDb).finally(() =>
+    migrationDb === db ? undefined : migrationDb.destroy(),
+  )
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
   if (config.role !== 'api') await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
-  const boss = await startQueue(databaseUrl, log)
+  const boss = await startQueue(directUrl, log, { listen: !directIsPooler })
+  const housekeeping = createHousekeeping({ db, log, retentionDays: config.retentionDays })
+  housekeeping.start()
 
   let simulator: Simulator | undefined
   if (!config.provider.url) {
@@ -111,6 +122,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     async stop() {
       await app.close()
       await dispatcher?.stop(10_000)
+      await housekeeping.stop()
       await boss.stop({ graceful: true, timeout: 5000 })
       await provider.close()
       await simulator?.close()

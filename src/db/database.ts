@@ -91,8 +91,19 @@ function statementName(text: string): string | undefined {
   return name
 }
 
-export function createPool(connectionString: string, max: number): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, application_name: 'call-orchestrator', Client: PreparingClient })
+/**
+ * The service pool. `prepare: false` behind a transaction pooler (DATABASE_POOLER=pgbouncer): PgBouncer 1.18 in
+ * transaction mode hands each transaction whichever server connection is free, so a statement prepared on one is
+ * missing (or already exists) on the next ("prepared statement q... already exists" at start-up). Unnamed statements
+ * (parse, bind, execute in one round trip) work through it.
+ */
+export function createPool(connectionString: string, max: number, o: { prepare?: boolean } = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString,
+    max,
+    application_name: 'call-orchestrator',
+    ...(o.prepare === false ? {} : { Client: PreparingClient }),
+  })
   // An idle client that loses its server (PostgreSQL restarted) emits 'error' on the pool; without a listener
   // Node would crash. The next query simply gets a fresh connection.
   pool.on('error', () => {})

@@ -18,11 +18,15 @@ export const QUEUES = {
   },
 } as const
 
-export async function startQueue(connectionString: string, log: Logger): Promise<PgBoss> {
+/**
+ * listen: false when `connectionString` is a transaction pooler (no DATABASE_DIRECT_URL): LISTEN needs a session of
+ * its own, so pg-boss then polls (the dispatchers poll once a second anyway).
+ */
+export async function startQueue(connectionString: string, log: Logger, o: { listen?: boolean } = {}): Promise<PgBoss> {
   const boss = new PgBoss({
     connectionString,
     max: 4,
-    useListenNotify: true,
+    useListenNotify: o.listen ?? true,
     openTelemetry: { enabled: false },
     application_name: 'call-orchestrator-queue',
   } as ConstructorParameters<typeof PgBoss>[0])
