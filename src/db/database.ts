@@ -107,6 +107,10 @@ export function createPool(connectionString: string, max: number, o: { prepare?:
   // An idle client that loses its server (PostgreSQL restarted) emits 'error' on the pool; without a listener
   // Node would crash. The next query simply gets a fresh connection.
   pool.on('error', () => {})
+  // A client checked out between two queries (Kysely holds one for a transaction) has no pool listener; a socket
+  // reset then (PgBouncer stopped with SIGTERM cuts every connection) was an uncaught 'error' that stopped the
+  // process. The query that was running, or the next one, fails instead, and the pool drops the client.
+  pool.on('connect', (client) => client.on('error', () => {}))
   return pool
 }
 
