@@ -90,14 +90,14 @@ describe('call counts', () => {
     await Promise.all(ids.slice(0, 30).map((id) => s.api('POST', `/api/v1/calls/${id}/cancel`)))
     const soon = new Date(Date.now() + 300).toISOString()
     await s.createCalls(10, (i) => phone(40 + (i % 2)), { expiresAt: soon })
-    await s.waitAllFinal(30_000)
+    await s.waitAllFinal(60_000)
     const { rows: failed } = await sql<{ id: string }>`select id from calls where status = 'FAILED' limit 5`.execute(
       t.db,
     )
     for (const f of failed) await sql`select retry_call(${f.id}::uuid)`.execute(t.db)
     await s.createCalls(10, (i) => phone(2000 + i))
     await sql`select cancel_pending_calls()`.execute(t.db)
-    await s.waitAllFinal(30_000)
+    await s.waitAllFinal(60_000)
     await sql`delete from calls where id in (select id from calls where status = 'CANCELED' limit 7)`.execute(t.db)
 
     running = false
@@ -118,7 +118,7 @@ describe('call counts', () => {
     const after = await connected(t.url)
     expect(sortKeys((await bothCounts(after)).kept)).toEqual(sortKeys(end.counted))
     await after.end()
-  })
+  }, 120_000)
 
   it('give the metrics the same figures a scan of calls gives', async () => {
     await callIn(t, 'PENDING')
