@@ -151,7 +151,7 @@ describe.skipIf(!PGBOUNCER)(
         ids.push(...((await res.json()) as { data: { ids: string[] } }).data.ids)
       }
 
-      await waitFor('a third of the calls to finish', async () => (await finished()) >= CALLS / 3, 60_000, 100)
+      await waitFor('a third of the calls to finish', async () => (await finished()) >= CALLS / 3, 120_000, 100)
       await stopBouncer()
       await new Promise((r) => setTimeout(r, 1000))
       await startBouncer()
