@@ -81,27 +81,32 @@ describe('call counts', () => {
       }
     })()
 
-    // Creates by batch and one by one from parallel connections, cancels racing the dispatcher, calls that expire,
-    // operator functions.
-    const ids = await s.createCalls(120, (i) => phone(i % 40)) // shared phones: some wait for another call to end
-    await Promise.all(
-      Array.from({ length: 20 }, (_, i) => s.api('POST', '/api/v1/calls', { to: phone(1000 + i), scriptId: 's' })),
-    )
-    await Promise.all(ids.slice(0, 30).map((id) => s.api('POST', `/api/v1/calls/${id}/cancel`)))
-    const soon = new Date(Date.now() + 300).toISOString()
-    await s.createCalls(10, (i) => phone(40 + (i % 2)), { expiresAt: soon })
-    await s.waitAllFinal(60_000)
-    const { rows: failed } = await sql<{ id: string }>`select id from calls where status = 'FAILED' limit 5`.execute(
-      t.db,
-    )
-    for (const f of failed) await sql`select retry_call(${f.id}::uuid)`.execute(t.db)
-    await s.createCalls(10, (i) => phone(2000 + i))
-    await sql`select cancel_pending_calls()`.execute(t.db)
-    await s.waitAllFinal(60_000)
-    await sql`delete from calls where id in (select id from calls where status = 'CANCELED' limit 7)`.execute(t.db)
-
-    running = false
-    await Promise.all([watch, compactor])
+    try {
+      // Creates by batch and one by one from parallel connections, cancels racing the dispatcher, calls that expire,
+      // operator functions.
+      const ids = await s.createCalls(120, (i) => phone(i % 40)) // shared phones: some wait for another call to end
+      await Promise.all(
+        Array.from({ length: 20 }, (_, i) => s.api('POST', '/api/v1/calls', { to: phone(1000 + i), scriptId: 's' })),
+      )
+      await Promise.all(ids.slice(0, 30).map((id) => s.api('POST', `/api/v1/calls/${id}/cancel`)))
+      // calls that expire before they are due (the sweep expires them)
+      await sql`
+        insert into calls (to_phone, script_id, next_attempt_at, expires_at)
+        select '+9665' || (30000000 + i)::text, 's', now() + interval '1 hour', now() + interval '200 milliseconds'
+          from generate_series(1, 10) i`.execute(t.db)
+      await s.waitAllFinal(60_000)
+      const { rows: failed } = await sql<{ id: string }>`select id from calls where status = 'FAILED' limit 5`.execute(
+        t.db,
+      )
+      for (const f of failed) await sql`select retry_call(${f.id}::uuid)`.execute(t.db)
+      await s.createCalls(10, (i) => phone(2000 + i))
+      await sql`select cancel_pending_calls()`.execute(t.db)
+      await s.waitAllFinal(60_000)
+      await sql`delete from calls where id in (select id from calls where status = 'CANCELED' limit 7)`.execute(t.db)
+    } finally {
+      running = false
+      await Promise.allSettled([watch, compactor])
+    }
     const end = await bothCounts(reader)
     await reader.end()
 
