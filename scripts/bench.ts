@@ -19,9 +19,9 @@ import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 import { round } from './bench/stats.ts'
 
-// `npm run bench`: the seven benchmarks of issue #4 against this checkout, in one run of a few minutes. It starts
-// its own PostgreSQL (embedded, default durability settings), the provider simulator in this process, and the
-// service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
+// `npm run bench`: the seven benchmarks of README's Performance table against this checkout, in one run of a few
+// minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
+// process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
 //   --only=create,dispatch,backlog,history   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 8's database: N finished calls, 4N history rows (default

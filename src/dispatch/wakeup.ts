@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely'
 import { fromKysely, PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
-import type { DB } from '../db/database.ts'
+import { type DB, queueConnectionSettings } from '../db/database.ts'
 
 // pg-boss carries wake-ups for the dispatchers: "calls may be due" now (published in the same transaction as the
 // rows, so there is no wake-up without its rows and no rows without a wake-up) or at a retry's next_attempt_at.
@@ -22,10 +22,15 @@ export const QUEUES = {
  * listen: false when `connectionString` is a transaction pooler (no DATABASE_DIRECT_URL): LISTEN needs a session of
  * its own, so pg-boss then polls (the dispatchers poll once a second anyway).
  */
-export async function startQueue(connectionString: string, log: Logger, o: { listen?: boolean } = {}): Promise<PgBoss> {
+export async function startQueue(
+  connectionString: string,
+  log: Logger,
+  o: { statementTimeoutMs?: number; listen?: boolean } = {},
+): Promise<PgBoss> {
   const boss = new PgBoss({
     connectionString,
     max: 4,
+    ...queueConnectionSettings(o),
     useListenNotify: o.listen ?? true,
     openTelemetry: { enabled: false },
     application_name: 'call-orchestrator-queue',

@@ -15,10 +15,33 @@ import type { Call, DB } from '../db/database.ts'
 // Lock and claim are the function claim_due_calls (db/migrations/0004), called in one round trip; as a transaction
 // (begin, lock, claim, commit) a claim took four, each a socket write and a wake-up on both sides.
 
+// Both invariants need READ COMMITTED: the function's statements must each see what committed before the lock was
+// granted. Under a database whose default_transaction_isolation is REPEATABLE READ or SERIALIZABLE the whole claim
+// would share one snapshot taken before the lock, and most claims failed with serialization errors. Such a database
+// gets the claim inside an explicit READ COMMITTED transaction (three round trips instead of one).
+
 export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): Promise<Call[]> {
   if (max <= 0) return []
-  const { rows } = await sql<Call>`select * from claim_due_calls(${cap}::int, ${max}::int)`.execute(db)
-  return rows
+  const claim = (q: Kysely<DB>) => sql<Call>`select * from claim_due_calls(${cap}::int, ${max}::int)`.execute(q)
+  if (await defaultIsReadCommitted(db)) return (await claim(db)).rows
+  return db
+    .transaction()
+    .setIsolationLevel('read committed')
+    .execute(async (trx) => (await claim(trx)).rows)
+}
+
+const readCommittedByDefault = new WeakMap<Kysely<DB>, Promise<boolean>>()
+
+function defaultIsReadCommitted(db: Kysely<DB>): Promise<boolean> {
+  let known = readCommittedByDefault.get(db)
+  if (!known) {
+    known = sql<{ level: string }>`select current_setting('default_transaction_isolation') as level`
+      .execute(db)
+      .then(({ rows }) => rows[0]?.level === 'read committed')
+    known.catch(() => readCommittedByDefault.delete(db))
+    readCommittedByDefault.set(db, known)
+  }
+  return known
 }
 
 /**
