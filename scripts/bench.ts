@@ -23,13 +23,17 @@ import {
   type ZeroLengthResult,
 } from './bench/dispatch.ts'
 import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
+import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
+import { round } from './bench/stats.ts'
 
 // `npm run bench`: the seven benchmarks of README's Performance table against this checkout, in one run of a few
 // minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
 // process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
-//   --only=create,dispatch,backlog,campaigns   run some phases (default: all; latest.json only for a full run)
+//   --only=create,dispatch,backlog,campaigns,history   run some phases (default: all; latest.json only for a full run)
+//   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
+//                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
 //                                    (slower; its figures are not the benchmark's)
 
@@ -37,7 +41,8 @@ const args = process.argv.slice(2)
 const only = args
   .find((a) => a.startsWith('--only='))
   ?.slice(7)
-  .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns']
+  .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns', 'history']
+const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
@@ -162,6 +167,34 @@ async function phaseCampaigns(pg: BenchDb) {
   }
 }
 
+async function phaseHistory(pg: BenchDb) {
+  const fresh = await phaseDb(pg, 'bench_history_fresh')
+  const { url, db } = await phaseDb(pg, 'bench_history')
+  const sim = await startSimulator({ callDurationMs: ENDLESS_MS, webhookSecret: BENCH_WEBHOOK_SECRET })
+  // ROLE=api: nothing dispatches the benchmark's own claims away; the claim is timed through its SQL function.
+  // RETENTION_DAYS=0: the filled history spans a year, and retention would delete most of it during the timing
+  const svc = await startServiceProcess(
+    { ...serviceEnv(url, sim.url), ROLE: 'api', RETENTION_DAYS: '0' },
+    nodeArgs('history'),
+  )
+  const freshSvc = await startServiceProcess({ ...serviceEnv(fresh.url, sim.url), ROLE: 'api' }, nodeArgs('fresh'))
+  try {
+    log(`11 reads on a database with ${historyCalls} finished calls and ${4 * historyCalls} history rows: filling`)
+    await fillHistory(db, historyCalls, log)
+    log('11 reads: timing')
+    const filled = await benchHistoryReads(svc.url, db)
+    const freshClaim = await timeClaims(fresh.db, 50)
+    const freshCreate = (await benchHistoryReads(freshSvc.url, fresh.db, 50)).create
+    return { history: { ...filled, freshClaim, freshCreate } }
+  } finally {
+    await svc.stop()
+    await freshSvc.stop()
+    await sim.close()
+    await db.destroy()
+    await fresh.db.destroy()
+  }
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
@@ -171,9 +204,10 @@ function goalRows(r: {
   campaignClaim?: ClaimResult
   campaignSlots?: CampaignUtilization
   fairness?: FairnessResult
+  history?: Awaited<ReturnType<typeof phaseHistory>>['history']
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness } = r
+  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history } = r
   if (single)
     rows.push({
       id: 1,
@@ -205,7 +239,9 @@ function goalRows(r: {
       benchmark: 'refill gap (run 3)',
       figure:
         `p50 ${slots.refill.p50Ms} ms, p99 ${slots.refill.p99Ms} ms ` +
-        `(bare-dialer: ${slots.bare.refill.p50Ms}, ${slots.bare.refill.p99Ms})`,
+        `(bare-dialer: ${slots.bare.refill.p50Ms}, ${slots.bare.refill.p99Ms}); from the provider's send: ` +
+        `p50 ${slots.refillFromSend.p50Ms} ms, p99 ${slots.refillFromSend.p99Ms} ms ` +
+        `(bare-dialer: ${slots.bare.refillFromSend.p50Ms}, ${slots.bare.refillFromSend.p99Ms})`,
       goal: 'p50 <= 5 ms, p99 <= 20 ms',
       met: slots.refill.p50Ms <= 5 && slots.refill.p99Ms <= 20,
     })
@@ -233,6 +269,20 @@ function goalRows(r: {
         backlog.planUsesDispatchIndex &&
         !backlog.planSeqScanOnCalls,
     })
+  if (history) {
+    const worst = Math.max(...Object.values(history.after).map((t) => t.p99))
+    const claimRatio = round(history.claim.p50 / history.freshClaim.p50, 2)
+    const createRatio = round(history.create.p50 / history.freshCreate.p50, 2)
+    rows.push({
+      id: 11,
+      benchmark: `reads at ${history.calls} calls / ${history.events} events`,
+      figure:
+        `worst read p99 ${worst} ms (before: metrics ${history.before['metrics query (before)']?.p50} ms); ` +
+        `claim ${claimRatio}x, create ${createRatio}x of a fresh database`,
+      goal: 'reads p99 <= 20 ms; claim, create within 1.2x',
+      met: worst <= 20 && claimRatio <= 1.2 && createRatio <= 1.2,
+    })
+  }
   if (slots || zero) {
     const peaks = [slots?.peakRssMb, zero?.peakRssMb].filter((x) => x !== undefined)
     rows.push({
@@ -287,13 +337,16 @@ log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus
 let results: Partial<
   Awaited<ReturnType<typeof phaseCreate>> &
     Awaited<ReturnType<typeof phaseDispatch>> &
-    Awaited<ReturnType<typeof phaseCampaigns>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> }
+    Awaited<ReturnType<typeof phaseCampaigns>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> } & Awaited<
+      ReturnType<typeof phaseHistory>
+    >
 > = {}
 try {
   if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
   if (only.includes('dispatch')) results = { ...results, ...(await phaseDispatch(pg)) }
   if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
   if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
+  if (only.includes('history')) results = { ...results, ...(await phaseHistory(pg)) }
 } finally {
   await pg.stop()
 }

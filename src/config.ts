@@ -30,6 +30,17 @@ export const EnvSchema = Type.Object({
   DB_PASSWORD: Type.Optional(Type.String()),
   DB_DATABASE: Text('legacy: database name'),
   DB_POOL_MAX: Int(10, 2, 200, 'connections in the service pool'),
+  DATABASE_DIRECT_URL: Type.Optional(
+    Type.String({
+      pattern: '^postgres(ql)?://',
+      description: 'direct PostgreSQL URL for what needs a session (migrations, LISTEN) when DATABASE_URL is a pooler',
+    }),
+  ),
+  DATABASE_POOLER: Type.Enum(['none', 'pgbouncer'], {
+    default: 'none',
+    description: 'pgbouncer: DATABASE_URL is a transaction pooler (no named prepared statements, no LISTEN through it)',
+  }),
+  RETENTION_DAYS: Int(90, 0, 36_500, 'finished calls older than this are deleted with their history; 0 keeps all'),
   EMBEDDED_PG_PORT: Int(54329, 1, 65535, 'port of the embedded PostgreSQL'),
   EMBEDDED_PG_DIR: Type.String({ default: '.data/postgres', minLength: 1 }),
   AI_CALL_PROVIDER: Type.Enum(['generic', 'vapi', 'retell'], { default: 'generic' }),
@@ -89,6 +100,11 @@ export interface Config {
   /** Undefined: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
   dbPoolMax: number
+  /** For sessions (migrations, pg-boss's LISTEN); equals databaseUrl unless DATABASE_DIRECT_URL is set. */
+  databaseDirectUrl: string | undefined
+  /** 'pgbouncer': databaseUrl is a transaction pooler. */
+  pooler: Env['DATABASE_POOLER']
+  retentionDays: number
   dbStatementTimeoutMs: number
   embeddedPg: { port: number; dir: string }
   provider: {
@@ -191,6 +207,9 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     logFormat: env.LOG_FORMAT,
     databaseUrl: env.DATABASE_URL ?? legacyDatabaseUrl(env),
     dbPoolMax: env.DB_POOL_MAX,
+    databaseDirectUrl: env.DATABASE_DIRECT_URL ?? env.DATABASE_URL ?? legacyDatabaseUrl(env),
+    pooler: env.DATABASE_POOLER,
+    retentionDays: env.RETENTION_DAYS,
     dbStatementTimeoutMs: env.DB_STATEMENT_TIMEOUT_MS,
     embeddedPg: { port: env.EMBEDDED_PG_PORT, dir: env.EMBEDDED_PG_DIR },
     provider: {

@@ -11,6 +11,7 @@ import { createReconciler, type Reconciler } from './dispatch/reconcile.ts'
 import { createRecorder } from './dispatch/recorder.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
+import { createHousekeeping } from './ops/housekeeping.ts'
 import { createMetrics } from './ops/metrics.ts'
 import { createCallProvider } from './providers/index.ts'
 import { webhookUrlToken } from './providers/signature.ts'
@@ -48,10 +49,21 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
     )
   }
   const databaseUrl = config.databaseUrl ?? (embedded as EmbeddedDb).url
+  // Behind a transaction pooler (DATABASE_POOLER=pgbouncer) the service pool prepares nothing, and what needs a
+  // session (pg-boss's LISTEN connection, the migrations) uses DATABASE_DIRECT_URL; without one, pg-boss polls.
+  const pooled = config.pooler === 'pgbouncer'
+  const directUrl = (config.databaseUrl ? config.databaseDirectUrl : undefined) ?? databaseUrl
+  const directIsPooler = pooled && directUrl === databaseUrl
 
-  const pool = createPool(databaseUrl, config.dbPoolMax, { statementTimeoutMs: config.dbStatementTimeoutMs })
+  const pool = createPool(databaseUrl, config.dbPoolMax, {
+    prepare: !pooled,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+  })
   const db = createDb(pool)
-  const applied = await migrateToLatest(db)
+  const migrationDb = directUrl === databaseUrl ? db : createDb(createPool(directUrl, 2, { prepare: false }))
+  const applied = await migrateToLatest(migrationDb).finally(() =>
+    migrationDb === db ? undefined : migrationDb.destroy(),
+  )
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
   if (config.role !== 'api') {
@@ -66,7 +78,13 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
       )
     }
   }
-  const boss = await startQueue(databaseUrl, log, { statementTimeoutMs: config.dbStatementTimeoutMs })
+  // PgBouncer refuses statement_timeout as a startup parameter: only a direct connection gets it.
+  const boss = await startQueue(directUrl, log, {
+    ...(directIsPooler ? {} : { statementTimeoutMs: config.dbStatementTimeoutMs }),
+    listen: !directIsPooler,
+  })
+  const housekeeping = createHousekeeping({ db, log, retentionDays: config.retentionDays })
+  housekeeping.start()
 
   let simulator: Simulator | undefined
   const platform = config.provider.name !== 'generic'
@@ -152,6 +170,7 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
       // while the HTTP server still takes the webhooks of calls in progress. Then the server closes.
       await reconciler?.stop()
       await dispatcher?.stop(config.shutdownGraceMs)
+      await housekeeping.stop()
       recorder.close()
       // Requests in flight (webhooks of calls still in progress) get a few seconds, then every connection is closed:
       // after a slow provider's webhooks, app.close() alone was seen waiting more than 19 s (cause not found).

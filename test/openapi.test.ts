@@ -188,7 +188,7 @@ export const shapes: [
   Equal<Required<CreateCallBody>, 'to' | 'scriptId'>,
   Equal<keyof PatchCallBody, 'to' | 'scriptId' | 'metadata'>,
   Equal<Required<PatchCallBody>, never>,
-  Equal<keyof ListQuery, 'status' | 'campaignId' | 'page' | 'limit'>,
+  Equal<keyof ListQuery, 'status' | 'campaignId' | 'page' | 'limit' | 'cursor'>,
   Equal<Required<ListQuery>, never>,
   Equal<keyof Json<operations['createCallBatch']['requestBody']>, 'campaignId' | 'calls'>,
 ] = [true, true, true, true, true, true, true]

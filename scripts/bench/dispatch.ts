@@ -66,9 +66,11 @@ export interface SlotResult {
   idealPerSec: number
   utilization: number
   /** The same run with bench/bare-dialer.ts in the service's place: the bound the machine and simulator set. */
-  bare: { callsPerSec: number; utilization: number; refill: RefillGap }
+  bare: { callsPerSec: number; utilization: number; refill: RefillGap; refillFromSend: RefillGap }
   windowSec: number
   refill: RefillGap
+  /** The refill gap measured from the provider's send of the webhook that freed the slot. */
+  refillFromSend: RefillGap
   checks: RunChecks
   peakRssMb: number
   rssMethod: string
@@ -108,9 +110,11 @@ export async function benchSlotUtilization(
       callsPerSec: round(bareRate),
       utilization: round(bareRate / idealPerSec, 3),
       refill: refillGap(bareDials, n),
+      refillFromSend: refillGap(bareDials, n, 'finalSentAt'),
     },
     windowSec: round(windowSec, 2),
     refill: refillGap(run.dials, n),
+    refillFromSend: refillGap(run.dials, n, 'finalSentAt'),
     checks: run.checks,
     peakRssMb: mem.peakMb,
     rssMethod: mem.method,
@@ -151,9 +155,17 @@ async function bareDialerRun(sim: Simulator, n: number, callDurationMs: number):
   return sim.stats().dials.filter((d) => d.status === 202)
 }
 
-export function refillGap(dials: DialRecord[], n: number): RefillGap {
+/**
+ * `from`: finalAckedAt (the webhook's 2xx came back) or finalSentAt (the provider sent it; issue 14 §4: this also
+ * counts the webhook's own handling, which the 2xx hides).
+ */
+export function refillGap(
+  dials: DialRecord[],
+  n: number,
+  from: 'finalAckedAt' | 'finalSentAt' = 'finalAckedAt',
+): RefillGap {
   const received = dials.map((d) => d.receivedAt).sort((a, b) => a - b)
-  const acks = dials.map((d) => d.finalAckedAt as number).sort((a, b) => a - b)
+  const acks = dials.map((d) => d[from] as number).sort((a, b) => a - b)
   const lastDial = received[n - 1] as number
   const gaps: number[] = []
   let j = 0

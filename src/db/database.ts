@@ -196,13 +196,24 @@ export function stallMsFor(statementTimeoutMs: number): number {
   return statementTimeoutMs + Math.min(statementTimeoutMs, 5000)
 }
 
-export function createPool(connectionString: string, max: number, o: PoolOptions = {}): pg.Pool {
+/**
+ * The service pool. `prepare: false` behind a transaction pooler (DATABASE_POOLER=pgbouncer): PgBouncer 1.18 in
+ * transaction mode hands each transaction whichever server connection is free, so a statement prepared on one is
+ * missing (or already exists) on the next ("prepared statement q... already exists" at start-up). Unnamed statements
+ * (parse, bind, execute in one round trip) work through it. PgBouncer also refuses statement_timeout as a startup
+ * parameter: behind it, set the timeout on the role (`alter role ... set statement_timeout`), docs/scaling.md.
+ */
+export function createPool(
+  connectionString: string,
+  max: number,
+  o: PoolOptions & { prepare?: boolean } = {},
+): pg.Pool {
   const pool = new pg.Pool({
     connectionString,
     max,
     application_name: 'call-orchestrator',
-    Client: PreparingClient,
-    ...connectionSettings(o),
+    Client: o.prepare === false ? GuardedClient : PreparingClient,
+    ...connectionSettings(o.prepare === false ? { ...o, statementTimeoutMs: undefined } : o),
   })
   if (o.statementTimeoutMs) {
     const stallMs = stallMsFor(o.statementTimeoutMs)
@@ -213,6 +224,10 @@ export function createPool(connectionString: string, max: number, o: PoolOptions
   // An idle client that loses its server (PostgreSQL restarted) emits 'error' on the pool; without a listener
   // Node would crash. The next query simply gets a fresh connection.
   pool.on('error', () => {})
+  // A client checked out between two queries (Kysely holds one for a transaction) has no pool listener; a socket
+  // reset then (PgBouncer stopped with SIGTERM cuts every connection) was an uncaught 'error' that stopped the
+  // process. The query that was running, or the next one, fails instead, and the pool drops the client.
+  pool.on('connect', (client) => client.on('error', () => {}))
   return pool
 }
 

@@ -18,16 +18,20 @@ export const QUEUES = {
   },
 } as const
 
+/**
+ * listen: false when `connectionString` is a transaction pooler (no DATABASE_DIRECT_URL): LISTEN needs a session of
+ * its own, so pg-boss then polls (the dispatchers poll once a second anyway).
+ */
 export async function startQueue(
   connectionString: string,
   log: Logger,
-  o: { statementTimeoutMs?: number } = {},
+  o: { statementTimeoutMs?: number; listen?: boolean } = {},
 ): Promise<PgBoss> {
   const boss = new PgBoss({
     connectionString,
     max: 4,
     ...queueConnectionSettings(o),
-    useListenNotify: true,
+    useListenNotify: o.listen ?? true,
     openTelemetry: { enabled: false },
     application_name: 'call-orchestrator-queue',
   } as ConstructorParameters<typeof PgBoss>[0])

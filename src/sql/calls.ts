@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { type Kysely, type RawBuilder, sql } from 'kysely'
 import type { Call, DB } from '../db/database.ts'
 import type { CallStatus } from '../dispatch/call-state.ts'
+import { countCalls } from './counts.ts'
 
 // Client-facing statements on calls. Each state change is one statement fenced on the status it leaves (so a call
 // the dispatcher claims between a client's read and write is never changed) and writes its call_events row in the
@@ -196,25 +197,66 @@ export interface ListQuery {
   campaignId?: string
   page: number
   limit: number
+  /** Keyset position: the calls strictly older (created_at, id) than this; page is then not used. */
+  after?: ListPosition
 }
 
-export async function listCalls(db: Kysely<DB>, q: ListQuery): Promise<{ calls: Call[]; total: number }> {
-  let query = db.selectFrom('calls')
-  if (q.status) query = query.where('status', '=', q.status)
-  if (q.campaignId) query = query.where('campaign_id', '=', q.campaignId)
-  const [calls, count] = await Promise.all([
+/** A place in the newest-first order. createdAt is PostgreSQL's text of the timestamp, exact to the microsecond. */
+export interface ListPosition {
+  createdAt: string
+  id: string
+}
+
+/**
+ * A page of calls, newest first, and the position after its last call when more follow. Both forms read only the
+ * rows they return plus `limit + 1`: the keyset form seeks calls_newest or calls_by_status_newest to the position;
+ * the page form walks the same index for the offset (an index-only scan of ids) and fetches whole rows for the page
+ * only. `total` comes from call_counts_current (0040), not from a count of the table.
+ */
+export async function listCalls(
+  db: Kysely<DB>,
+  q: ListQuery,
+): Promise<{ calls: Call[]; total: number; next: ListPosition | null }> {
+  let query = db.selectFrom('calls').selectAll().select(sql<string>`created_at::text`.as('position_at'))
+  if (q.after) {
+    const at = q.after
+    if (q.status) query = query.where('status', '=', q.status)
+    if (q.campaignId) query = query.where('campaign_id', '=', q.campaignId)
+    query = query.where(sql<boolean>`(created_at, id) < (${at.createdAt}::timestamptz, ${at.id}::uuid)`)
+  } else {
+    query = query.where('id', 'in', (eb) => {
+      let ids = eb.selectFrom('calls').select('id')
+      if (q.status) ids = ids.where('status', '=', q.status)
+      if (q.campaignId) ids = ids.where('campaign_id', '=', q.campaignId)
+      return ids
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(q.limit + 1)
+        .offset((q.page - 1) * q.limit)
+    })
+  }
+  const [rows, total] = await Promise.all([
     query
-      .selectAll()
       .orderBy('created_at', 'desc')
       .orderBy('id', 'desc')
-      .limit(q.limit)
-      .offset((q.page - 1) * q.limit)
+      .limit(q.limit + 1)
       .execute(),
-    query.select(sql<number>`count(*)::int`.as('total')).executeTakeFirstOrThrow(),
+    // A campaign's total is counted from its own index (a campaign is bounded); the whole table's from the counters.
+    q.campaignId ? countCampaignCalls(db, q.campaignId, q.status) : countCalls(db, q.status),
   ])
-  return { calls, total: count.total }
+  const page = rows.slice(0, q.limit)
+  const last = page.at(-1)
+  const next = rows.length > q.limit && last ? { createdAt: last.position_at, id: last.id } : null
+  return { calls: page.map(({ position_at: _, ...call }) => call), total, next }
 }
 
 export async function listEvents(db: Kysely<DB>, callId: string) {
   return db.selectFrom('call_events').selectAll().where('call_id', '=', callId).orderBy('id').execute()
+}
+
+async function countCampaignCalls(db: Kysely<DB>, campaignId: string, status: CallStatus | undefined): Promise<number> {
+  let query = db.selectFrom('calls').where('campaign_id', '=', campaignId)
+  if (status) query = query.where('status', '=', status)
+  const row = await query.select(sql<number>`count(*)::int`.as('n')).executeTakeFirstOrThrow()
+  return row.n
 }

@@ -72,12 +72,15 @@ export async function dashboardState(db: Kysely<DB>): Promise<DashboardState> {
                'seconds', round(extract(epoch from now() - started_at)::numeric, 1)) order by started_at, id), '[]') as v
         from calls where status = 'IN_PROGRESS'
     ), backlog as (
+      -- counts from call_counts_current (0040); due and oldest through the partial indexes of PENDING calls
       select jsonb_build_object(
-               'pending', count(*)::int,
-               'dueNow', (count(*) filter (where next_attempt_at <= now() and expires_at > now()))::int,
-               'retrying', (count(*) filter (where attempts > 0))::int,
-               'oldestPendingSec', round(extract(epoch from now() - min(created_at))::numeric, 1)) as v
-        from calls where status = 'PENDING'
+               'pending', (select coalesce(sum(n), 0)::int from call_counts_current where status = 'PENDING'),
+               'dueNow', (select count(*)::int from calls
+                           where status = 'PENDING' and next_attempt_at <= now() and expires_at > now()),
+               'retrying', (select coalesce(sum(n), 0)::int from call_counts_current
+                             where status = 'PENDING' and attempts > 0),
+               'oldestPendingSec', (select round(extract(epoch from now() - min(created_at))::numeric, 1)
+                                      from calls where status = 'PENDING')) as v
     ), minutes as (
       select m from generate_series(date_trunc('minute', now()) - make_interval(mins => ${DASHBOARD_MINUTES - 1}::int),
                                     date_trunc('minute', now()), interval '1 minute') m

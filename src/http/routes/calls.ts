@@ -12,6 +12,7 @@ import {
   getCall,
   insertCalls,
   insertCallsForIds,
+  type ListPosition,
   listCalls,
   listEvents,
   type NewCall,
@@ -47,6 +48,13 @@ const ListQuery = Type.Object(
     campaignId: Type.Optional(CampaignId),
     page: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1 }),
     limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+    cursor: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 200,
+        description: 'pagination.nextCursor of the previous page: the calls after it, however many were created since',
+      }),
+    ),
   },
   { additionalProperties: false },
 )
@@ -109,6 +117,24 @@ export function toCallJson(c: Call): Static<typeof CallJson> {
     expiresAt: iso(c.expires_at) as string,
     campaignId: c.campaign_id,
     scheduledAt: iso(c.scheduled_at),
+  }
+}
+
+// A cursor is the position of the last call of a page (its created_at text and id), opaque to clients.
+const encodeCursor = (p: ListPosition) => Buffer.from(JSON.stringify([p.createdAt, p.id])).toString('base64url')
+const CURSOR_AT = /^\d{4,}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d(:\d\d){0,2}$/
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+function decodeCursor(cursor: string): ListPosition | undefined {
+  try {
+    const v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown
+    if (!Array.isArray(v) || v.length !== 2) return undefined
+    const [createdAt, id] = v as unknown[]
+    if (typeof createdAt !== 'string' || typeof id !== 'string' || !CURSOR_AT.test(createdAt) || !UUID.test(id))
+      return undefined
+    return { createdAt, id }
+  } catch {
+    return undefined
   }
 }
 
@@ -370,25 +396,45 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
         operationId: 'listCalls',
         tags: ['calls'],
         summary: 'List calls, newest first',
+        description:
+          'Page through with cursor=pagination.nextCursor (stable while calls are created; each call once) or with page. total comes from counters kept with every status change.',
         querystring: ListQuery,
         response: {
           200: Type.Object({
             success: Type.Literal(true),
             data: Type.Array(CallJson),
-            pagination: Type.Object({ page: Type.Integer(), limit: Type.Integer(), total: Type.Integer() }),
+            pagination: Type.Object({
+              page: Type.Integer(),
+              limit: Type.Integer(),
+              total: Type.Integer(),
+              nextCursor: Nullable(Type.String({ description: 'Pass as cursor for the next page; null on the last' })),
+            }),
           }),
+          400: errorResponse('VALIDATION_ERROR, INVALID_CURSOR or CURSOR_WITH_PAGE (cursor and page together)'),
         },
       },
     },
-    async (req) => {
-      const { page, limit, status, campaignId } = req.query
-      const { calls, total } = await listCalls(db, {
+    async (req, reply) => {
+      const { page, limit, status, campaignId, cursor } = req.query
+      const after = cursor === undefined ? undefined : decodeCursor(cursor)
+      if (cursor !== undefined && !after)
+        return reply
+          .code(400)
+          .send(errorBody(apiError(400, 'INVALID_CURSOR', 'cursor must be a pagination.nextCursor this API returned')))
+      if (after && page !== 1)
+        return reply.code(400).send(errorBody(apiError(400, 'CURSOR_WITH_PAGE', 'use either cursor or page, not both')))
+      const r = await listCalls(db, {
         page,
         limit,
         ...(status ? { status } : {}),
         ...(campaignId ? { campaignId } : {}),
+        ...(after ? { after } : {}),
       })
-      return { success: true as const, data: calls.map(toCallJson), pagination: { page, limit, total } }
+      return {
+        success: true as const,
+        data: r.calls.map(toCallJson),
+        pagination: { page, limit, total: r.total, nextCursor: r.next ? encodeCursor(r.next) : null },
+      }
     },
   )
 }

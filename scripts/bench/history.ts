@@ -1,0 +1,211 @@
+import { performance } from 'node:perf_hooks'
+import { sql } from 'kysely'
+import type { Database } from '../../src/db/database.ts'
+import { claimDueCalls } from '../../src/sql/claim.ts'
+import { dashboardState, recentCalls } from '../../src/sql/dashboard.ts'
+import { callSnapshot } from '../../src/sql/metrics.ts'
+import { BENCH_API_KEY } from './harness.ts'
+import { percentile, round } from './stats.ts'
+
+// Benchmark 8 (issue 14): the reads that used to grow with history, on a database filled with `calls` finished
+// calls and 4 history rows each (10M / 40M in the issue; --history-calls=N picks the size, CI runs a small one).
+//
+// The fill is server-side generate_series in chunks of 500,000 calls, with triggers and foreign-key checks off for
+// the filling session (session_replication_role = replica) and the secondary indexes dropped and rebuilt after,
+// then call_counts rebuilt from the rows under a lock. It writes what the service would: calls COMPLETED (80 %) or
+// FAILED, 1-3 attempts, created over the last 365 days, with CREATED, CLAIMED, DIAL_ACCEPTED and WEBHOOK events.
+//
+// "Before" runs the statements the previous code ran (copied below) on the same database, so before and after
+// share the data, the cache and the machine.
+
+const CHUNK = 500_000
+
+export async function fillHistory(db: Database, calls: number, log: (m: string) => void): Promise<void> {
+  await db.connection().execute(async (c) => {
+    await sql`set session_replication_role = replica`.execute(c)
+    await sql`set maintenance_work_mem = '512MB'`.execute(c)
+    const { rows: indexes } = await sql<{ name: string; def: string }>`
+      select indexname as name, indexdef as def from pg_indexes
+       where tablename in ('calls', 'call_events') and indexname not like '%pkey'`.execute(c)
+    for (const i of indexes) await sql`drop index ${sql.id(i.name)}`.execute(c)
+    for (let from = 0; from < calls; from += CHUNK) {
+      const to = Math.min(calls, from + CHUNK) - 1
+      const t0 = performance.now()
+      await sql`
+        with made as (
+          insert into calls (id, to_phone, script_id, metadata, status, attempts, next_attempt_at, created_at,
+                             updated_at, started_at, ended_at, expires_at, duration_sec, provider_call_id, last_outcome)
+          select gen_random_uuid(), '+9665' || lpad((10000000 + i % 89999999)::text, 8, '0'), 'bench-history',
+                 '{"campaign": "history"}', case when i % 5 = 0 then 'FAILED' else 'COMPLETED' end, 1 + i % 3,
+                 at, at, at + interval '1 minute', at, at + interval '1 minute', at + interval '1 day',
+                 case when i % 5 = 0 then null else 45 end, 'sim-' || i,
+                 case when i % 5 = 0 then 'NO_ANSWER' else 'COMPLETED' end
+            from generate_series(${from}::int, ${to}::int) i,
+                 lateral (select now() - interval '365 days' + (i::float8 / ${calls}::float8) * interval '364 days' as at) t
+          returning id, attempts, created_at
+        )
+        insert into call_events (call_id, attempt, kind, status, detail, created_at)
+        select made.id, case when k.kind = 'CREATED' then 0 else made.attempts end, k.kind, k.status, k.detail,
+               made.created_at + k.after
+          from made,
+               (values ('CREATED', 'PENDING', '{}'::jsonb, interval '0'),
+                       ('CLAIMED', 'IN_PROGRESS', '{}'::jsonb, interval '1 second'),
+                       ('DIAL_ACCEPTED', null, '{"providerCallId": "sim"}'::jsonb, interval '2 seconds'),
+                       ('WEBHOOK', 'COMPLETED', '{"outcome": "applied", "next": "COMPLETED"}'::jsonb,
+                        interval '1 minute')) k(kind, status, detail, after)
+      `.execute(c)
+      log(`  filled ${to + 1} calls (${round((performance.now() - t0) / 1000)} s for this chunk)`)
+    }
+    for (const i of indexes) {
+      const t0 = performance.now()
+      await sql.raw(i.def).execute(c)
+      log(`  rebuilt ${i.name} (${round((performance.now() - t0) / 1000)} s)`)
+    }
+    await sql`set session_replication_role = origin`.execute(c)
+    await c.transaction().execute(async (trx) => {
+      await sql`lock table calls in share mode`.execute(trx)
+      await sql`delete from call_count_deltas`.execute(trx)
+      await sql`delete from call_counts`.execute(trx)
+      await sql`insert into call_counts select status, attempts, count(*) from calls group by 1, 2`.execute(trx)
+    })
+  })
+  log('  vacuum analyze')
+  await sql`vacuum analyze calls`.execute(db)
+  await sql`vacuum analyze call_events`.execute(db)
+}
+
+export interface Timing {
+  p50: number
+  p99: number
+  n: number
+}
+
+async function time(n: number, run: () => Promise<unknown>, pauseMs = 0): Promise<Timing> {
+  for (let i = 0; i < 3; i++) await run()
+  const ms: number[] = []
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now()
+    await run()
+    ms.push(performance.now() - t0)
+    if (pauseMs) await new Promise((r) => setTimeout(r, pauseMs))
+  }
+  return { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n }
+}
+
+// The statements of the code before issue 14, for the "before" column.
+const BEFORE = {
+  metrics: sql`
+    select
+      (select coalesce(jsonb_object_agg(status, n), '{}'::jsonb)
+         from (select status, count(*)::int as n from calls group by status) s) as by_status,
+      (select count(*)::int from calls where status = 'IN_PROGRESS') as in_progress,
+      (select count(*)::int from calls where status = 'PENDING' and next_attempt_at <= now() and expires_at > now()) as due_now,
+      (select extract(epoch from now() - min(created_at))::float8 from calls where status = 'PENDING') as oldest,
+      (select extract(epoch from now() - min(started_at))::float8 from calls where status = 'IN_PROGRESS') as longest,
+      f.*
+    from (select count(*)::int as finished, avg(attempts)::float8, max(attempts), (count(*) filter (where attempts > 1))::int
+            from calls where status in ('COMPLETED', 'FAILED')) f`,
+  listFirst: sql`
+    select *, (select count(*)::int from calls) as total from calls order by created_at desc, id desc limit 20`,
+  listDeep: sql`
+    select *, (select count(*)::int from calls where status = 'COMPLETED') as total
+      from calls where status = 'COMPLETED' order by created_at desc, id desc limit 20 offset ${5000 * 20 - 20}::int`,
+}
+
+export interface HistoryResult {
+  calls: number
+  events: number
+  sizes: Record<string, string>
+  before: Record<string, Timing>
+  after: Record<string, Timing>
+  claim: Timing
+  create: Timing
+}
+
+/** Reads against the filled database: the service's HTTP endpoints, and the old statements for comparison. */
+export async function benchHistoryReads(serviceUrl: string, db: Database, rounds = 50): Promise<HistoryResult> {
+  const get = async (path: string) => {
+    const res = await fetch(`${serviceUrl}${path}`, { headers: { authorization: `Bearer ${BENCH_API_KEY}` } })
+    if (res.status !== 200) throw new Error(`GET ${path}: ${res.status} ${await res.text()}`)
+    return res.json() as Promise<{ pagination?: { nextCursor: string | null } }>
+  }
+  const first = await get('/api/v1/calls?limit=20')
+  const cursor = first.pagination?.nextCursor ?? undefined
+  const after: Record<string, Timing> = {
+    'GET /api/v1/metrics': await time(rounds, () => get('/api/v1/metrics')),
+    'metrics and Prometheus query (callSnapshot)': await time(rounds, () => callSnapshot(db)),
+    'GET /metrics (Prometheus; cached 1 s, so spaced)': await time(
+      10,
+      () => fetch(`${serviceUrl}/metrics`).then((r) => r.text()),
+      1100,
+    ),
+    'GET /api/v1/calls?limit=20': await time(rounds, () => get('/api/v1/calls?limit=20')),
+    'GET /api/v1/calls?status=COMPLETED&page=5000': await time(rounds, () =>
+      get('/api/v1/calls?status=COMPLETED&page=5000&limit=20'),
+    ),
+    ...(cursor
+      ? {
+          'GET /api/v1/calls?cursor= (page 2)': await time(rounds, () =>
+            get(`/api/v1/calls?limit=20&cursor=${cursor}`),
+          ),
+        }
+      : {}),
+    'dashboard queries (dashboardState + recentCalls)': await time(rounds, () =>
+      Promise.all([dashboardState(db), recentCalls(db, 20)]),
+    ),
+  }
+  const before: Record<string, Timing> = {
+    'metrics query (before)': await time(Math.min(rounds, 10), () => BEFORE.metrics.execute(db)),
+    'list page 1 + count(*) (before)': await time(Math.min(rounds, 10), () => BEFORE.listFirst.execute(db)),
+    'list COMPLETED page 5000 + count (before)': await time(Math.min(rounds, 10), () => BEFORE.listDeep.execute(db)),
+  }
+  let n = 0
+  const create = await time(rounds, async () => {
+    const res = await fetch(`${serviceUrl}/api/v1/calls`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ to: `+96650${String(1_000_000 + n++).padStart(7, '0')}`, scriptId: 'bench' }),
+    })
+    if (res.status !== 201) throw new Error(`create: ${res.status}`)
+  })
+  const claim = await timeClaims(db, rounds)
+  const { rows } = await sql<{ name: string; size: string }>`
+    select relname as name, pg_size_pretty(pg_total_relation_size(oid)) as size from pg_class
+     where relname in ('calls', 'call_events') order by relname`.execute(db)
+  const counts = await sql<{ calls: number; events: number }>`
+    select (select coalesce(sum(n), 0)::int from call_counts_current) as calls,
+           (select reltuples::bigint from pg_class where relname = 'call_events') as events`.execute(db)
+  return {
+    calls: counts.rows[0]?.calls ?? 0,
+    events: Number(counts.rows[0]?.events ?? 0),
+    sizes: Object.fromEntries(rows.map((r) => [r.name, r.size])),
+    before,
+    after,
+    claim,
+    create,
+  }
+}
+
+/**
+ * Claims of 30 from 3,000 due calls (the service's claim function), each undone after, so every round claims from
+ * the same backlog. Run it on a fresh database too to compare.
+ */
+export async function timeClaims(db: Database, rounds: number): Promise<Timing> {
+  await sql`
+    insert into calls (to_phone, script_id, expires_at)
+    select '+9665' || lpad((20000000 + i)::text, 8, '0'), 'bench-claim', now() + interval '1 hour'
+      from generate_series(1, 3000) i`.execute(db)
+  await sql`analyze calls`.execute(db)
+  const ms: number[] = []
+  for (let i = 0; i < rounds + 3; i++) {
+    const t0 = performance.now()
+    const claimed = await claimDueCalls(db, 100_000, 30)
+    if (i >= 3) ms.push(performance.now() - t0)
+    if (claimed.length !== 30) throw new Error(`claimed ${claimed.length}`)
+    await sql`update calls set status = 'PENDING', attempts = 0, started_at = null
+               where id = any(${claimed.map((c) => c.id)}::uuid[])`.execute(db)
+  }
+  const timing = { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n: rounds }
+  await sql`delete from calls where script_id = 'bench-claim'`.execute(db)
+  return timing
+}
