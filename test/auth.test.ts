@@ -167,7 +167,9 @@ describe('every client API route, however its path is spelled', () => {
       for (const v of variants(concrete(path))) {
         const res = await raw(method, v)
         seen.push(`${res.status} ${method} ${v}`)
-        expect([401, 404], `${method} ${v}: ${res.status} ${res.body}`).toContain(res.status)
+        // 400 only from Node's own parser ("Client Error"), which refused the request before any route saw it
+        const refused = res.status === 400 && res.body.includes('Client Error')
+        if (!refused) expect([401, 404], `${method} ${v}: ${res.status} ${res.body}`).toContain(res.status)
       }
       // the key is the only difference: with it the same request gets past the check
       expect((await raw(method, concrete(path), { authorization: 'Bearer key-one' })).status).not.toBe(401)

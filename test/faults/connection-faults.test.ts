@@ -47,7 +47,16 @@ describe('a database that refuses connections while a dial result is recorded', 
     const [call] = await stack.waitAllFinal(20_000)
     expect(call).toMatchObject({ id, status: 'COMPLETED', attempts: 1 })
     expect(dialsPerCall(stack.sim).get(id as string)).toHaveLength(1) // the 429 is not counted as a dial
-    const kinds = await t.db.selectFrom('call_events').select('kind').where('call_id', '=', id!).orderBy('id').execute()
+    // the accepted dial is recorded in its own batch, which may commit after the webhook ended the call
+    const kinds = await waitFor('the accepted dial to be recorded', async () => {
+      const rows = await t.db
+        .selectFrom('call_events')
+        .select('kind')
+        .where('call_id', '=', id!)
+        .orderBy('id')
+        .execute()
+      return rows.some((r) => r.kind === 'DIAL_ACCEPTED') && rows
+    })
     // the webhook may be recorded before the accepted dial (their order is the provider's)
     expect(kinds.map((k) => k.kind).slice(0, 4)).toEqual(['CREATED', 'CLAIMED', 'DIAL_THROTTLED', 'CLAIMED'])
     expect(
