@@ -8,6 +8,7 @@ import { type EmbeddedDb, startEmbeddedDb } from './db/embedded.ts'
 import { createDispatcher, type Dispatcher } from './dispatch/dispatcher.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
+import { createDeliveryQueue, type Notifier, publisher, startNotifier } from './notify/delivery.ts'
 import { createMetrics } from './ops/metrics.ts'
 import { createProvider } from './providers/generic.ts'
 import { type Simulator, startSimulator } from './providers/simulator.ts'
@@ -50,6 +51,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
   if (config.role !== 'api') await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
   const boss = await startQueue(databaseUrl, log)
+  await createDeliveryQueue(boss, config.clientWebhooks)
 
   let simulator: Simulator | undefined
   if (!config.provider.url) {
@@ -70,12 +72,26 @@ export async function startService(config: Config, log: Logger): Promise<Service
   let dispatcher: Dispatcher | undefined
   const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
   const metrics = createMetrics({ db, maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
-  const app = await buildApp({ config, db, log, wakeup, clientApi: config.role !== 'worker', metrics })
+  const app = await buildApp({
+    config,
+    db,
+    log,
+    wakeup,
+    clientApi: config.role !== 'worker',
+    metrics,
+    publishDeliveries: publisher(boss),
+  })
   await app.listen({ port: config.port, host: config.host })
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : config.port
   // Without WEBHOOK_BASE_URL the provider calls back to this process, on the port it really got.
   const webhookBase = config.webhook.baseUrl ?? `http://localhost:${port}`
+
+  // Client webhooks are delivered by the processes that dispatch; ROLE=api only writes events (by trigger).
+  let notifier: Notifier | undefined
+  if (config.role !== 'api') {
+    notifier = await startNotifier({ db, boss, databaseUrl, log, config: config.clientWebhooks })
+  }
 
   if (config.role !== 'api') {
     const d = createDispatcher({
@@ -111,6 +127,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     async stop() {
       await app.close()
       await dispatcher?.stop(10_000)
+      await notifier?.stop()
       await boss.stop({ graceful: true, timeout: 5000 })
       await provider.close()
       await simulator?.close()

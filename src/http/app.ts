@@ -11,7 +11,9 @@ import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './errors.t
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
+import { eventRoutes } from './routes/events.ts'
 import { opsRoutes } from './routes/ops.ts'
+import { webhookEndpointRoutes } from './routes/webhook-endpoints.ts'
 
 export const BODY_LIMIT = 64 * 1024
 
@@ -105,6 +107,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   if (deps.clientApi !== false) {
     await app.register(callRoutes, routeDeps)
     await app.register(dashboardRoutes, routeDeps)
+    await app.register(webhookEndpointRoutes, routeDeps)
+    await app.register(eventRoutes, routeDeps)
   }
   await app.register(callbackRoutes, routeDeps)
   await app.register(opsRoutes, routeDeps)

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
+import { CallJson, iso, Metadata, toCallJson } from '../../calls-json.ts'
 import { coalesce } from '../../db/coalesce.ts'
-import type { Call } from '../../db/database.ts'
-import { PROVIDER_FINAL, STATUSES } from '../../dispatch/call-state.ts'
+import { STATUSES } from '../../dispatch/call-state.ts'
 import { withDueNow } from '../../dispatch/wakeup.ts'
 import { normalizePhone } from '../../phone.ts'
 import {
@@ -30,9 +30,6 @@ const Phone = Type.String({
   description: 'Phone number with country code, e.g. +966501234567',
 })
 const ScriptId = Type.String({ pattern: '^[A-Za-z0-9_.-]{1,100}$', description: '1-100 of A-Z a-z 0-9 _ . -' })
-const Metadata = Type.Record(Type.String(), Type.Unknown(), {
-  description: 'JSON object passed to the provider, at most 16 KiB',
-})
 const Status = Type.Enum(STATUSES)
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
 const Timestamp = Type.String({ format: 'date-time' })
@@ -67,24 +64,6 @@ const ListQuery = Type.Object(
 )
 const CreateHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) })
 
-const CallJson = Type.Object({
-  id: Type.String({ format: 'uuid' }),
-  payload: Type.Object({ to: Type.String(), scriptId: Type.String(), metadata: Metadata }),
-  status: Status,
-  attempts: Type.Integer(),
-  lastError: Nullable(Type.Object({ code: Type.String(), message: Type.String() })),
-  lastOutcome: Nullable(
-    Type.Enum(PROVIDER_FINAL, { description: "The provider's outcome of the last attempt that reported one" }),
-  ),
-  providerCallId: Nullable(Type.String()),
-  durationSec: Nullable(Type.Integer()),
-  createdAt: Timestamp,
-  updatedAt: Timestamp,
-  nextAttemptAt: Timestamp,
-  startedAt: Nullable(Timestamp),
-  endedAt: Nullable(Timestamp),
-  expiresAt: Timestamp,
-})
 const CallEnvelope = Type.Object({ success: Type.Literal(true), data: CallJson })
 const EventJson = Type.Object({
   id: Type.String(),
@@ -96,27 +75,6 @@ const EventJson = Type.Object({
 })
 
 type CreateCallInput = Static<typeof CreateCallBody>
-
-const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
-
-export function toCallJson(c: Call): Static<typeof CallJson> {
-  return {
-    id: c.id,
-    payload: { to: c.to_phone, scriptId: c.script_id, metadata: c.metadata },
-    status: c.status,
-    attempts: c.attempts,
-    lastError: c.last_error,
-    lastOutcome: c.last_outcome,
-    providerCallId: c.provider_call_id,
-    durationSec: c.duration_sec,
-    createdAt: iso(c.created_at) as string,
-    updatedAt: iso(c.updated_at) as string,
-    nextAttemptAt: iso(c.next_attempt_at) as string,
-    startedAt: iso(c.started_at),
-    endedAt: iso(c.ended_at),
-    expiresAt: iso(c.expires_at) as string,
-  }
-}
 
 /** Checks what a schema cannot (a real phone number, metadata size, a future expiry) and normalizes. */
 function toNewCall(
