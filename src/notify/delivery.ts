@@ -32,6 +32,8 @@ const RELAY_BATCH = 1000
 const RELAY_POLL_MS = 1000
 const SWEEP_EVERY_MS = 1000
 const JOB_BATCH = 10
+/** While LISTEN/NOTIFY works, how often idle workers look for due jobs anyway (retries of other processes). */
+const POLL_SECONDS = 2
 
 export type DeliveryLabel = 'delivered' | 'retrying' | 'failed' | 'refused' | 'stale'
 
@@ -81,6 +83,11 @@ export async function createDeliveryQueue(boss: PgBoss, config: ClientWebhookCon
   })
 }
 
+function sanitized(err: unknown): Error {
+  const e = err as { code?: string; message?: string }
+  return new Error(`client webhook delivery failed: ${e.code ?? ''} ${e.message ?? String(err)}`.trim())
+}
+
 /** How long a worker holds a delivery: one request's timeout and a margin to record its result. */
 const leaseMsFor = (config: ClientWebhookConfig) => config.timeoutMs + 5000
 
@@ -98,6 +105,7 @@ export async function startNotifier(o: {
   const leaseMs = leaseMsFor(config)
   const schedule = { baseDelayMs: config.retryBaseDelayMs, maxDelayMs: config.retryMaxDelayMs }
 
+  let workId: string | undefined
   const record = coalesce(
     async (results: AttemptResult[]) => {
       const recorded = await db.transaction().execute(async (trx) => {
@@ -124,6 +132,13 @@ export async function startNotifier(o: {
         await publish(trx, [...retries, ...next])
         return r.recorded
       })
+      // pg-boss wakes workers by NOTIFY only for jobs due now; a retry due later would wait for the notify-mode
+      // poll (POLL_SECONDS). This process wakes a worker when its own retries fall due.
+      for (const x of recorded) {
+        if (x.state !== 'queued') continue
+        const delay = new Date(x.next_attempt_at).getTime() - Date.now()
+        setTimeout(() => workId && boss.notifyWorker(workId), Math.max(0, delay) + 5).unref()
+      }
       const byKey = new Map(recorded.map((x) => [`${x.endpoint_id}:${x.event_id}`, x]))
       return results.map((x) => byKey.get(`${x.endpointId}:${x.eventId}`)?.state)
     },
@@ -169,16 +184,27 @@ export async function startNotifier(o: {
   }
 
   await createDeliveryQueue(boss, config)
-  await boss.work<JobData>(
+  workId = await boss.work<JobData>(
     DELIVERY_QUEUE,
-    { batchSize: JOB_BATCH, localConcurrency: config.concurrency, pollingIntervalSeconds: 0.5 },
+    {
+      batchSize: JOB_BATCH,
+      localConcurrency: config.concurrency,
+      pollingIntervalSeconds: 0.5,
+      notifyPollingIntervalSeconds: POLL_SECONDS,
+    },
     async (jobs: Job<JobData>[]) => {
-      const leased = await leaseDeliveries(
-        db,
-        jobs.map((j) => j.data),
-        leaseMs,
-      )
-      await Promise.all(leased.map(deliver))
+      try {
+        const leased = await leaseDeliveries(
+          db,
+          jobs.map((j) => j.data),
+          leaseMs,
+        )
+        await Promise.all(leased.map(deliver))
+      } catch (err) {
+        // pg-boss keeps a failed job's error as its output, and PostgreSQL's detail can quote a whole
+        // webhook_endpoints row, secret included: only the code and message leave this handler.
+        throw sanitized(err)
+      }
     },
   )
 
@@ -246,7 +272,8 @@ export async function startNotifier(o: {
         failures = 0
       } catch (err) {
         failures++
-        if (failures === 1 || failures % 30 === 0) log.error({ err, failures }, 'client webhook relay failed')
+        if (failures === 1 || failures % 30 === 0)
+          log.error({ err: sanitized(err), failures }, 'client webhook relay failed')
       }
       if (!running) break
       if (full || wanted) continue

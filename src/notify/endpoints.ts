@@ -100,9 +100,19 @@ export async function updateEndpoint(db: Kysely<DB>, id: string, p: EndpointPatc
   })
 }
 
+/**
+ * The delete cascades to deliveries, which delivery workers lock first and the endpoint row second; the delete
+ * locks in the other order, so PostgreSQL may pick it as a deadlock victim (40P01): it is tried again.
+ */
 export async function deleteEndpoint(db: Kysely<DB>, id: string): Promise<boolean> {
-  const r = await db.deleteFrom('webhook_endpoints').where('id', '=', id).executeTakeFirst()
-  return r.numDeletedRows > 0n
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const r = await db.deleteFrom('webhook_endpoints').where('id', '=', id).executeTakeFirst()
+      return r.numDeletedRows > 0n
+    } catch (err) {
+      if ((err as { code?: string }).code !== '40P01' || attempt >= 5) throw err
+    }
+  }
 }
 
 /** A new secret; the current one keeps signing (alongside) for ROTATION_OVERLAP_HOURS. */

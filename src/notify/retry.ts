@@ -6,6 +6,7 @@
 // up) without moving any step onto its neighbour.
 
 const STEPS = [1, 6, 24, 120, 360, 720] as const
+const RETRY_AFTER_MAX_MS = 3_600_000
 
 export interface RetrySchedule {
   baseDelayMs: number
@@ -22,7 +23,8 @@ export function retryDelayMs(
   const step = STEPS[Math.min(Math.max(attempt, 1), STEPS.length) - 1] as number
   const nominal = attempt > STEPS.length ? s.maxDelayMs : Math.min(s.maxDelayMs, s.baseDelayMs * step)
   const jittered = Math.round(nominal * (0.8 + 0.4 * random()))
-  return retryAfterMs === undefined ? jittered : Math.min(s.maxDelayMs, Math.max(jittered, retryAfterMs))
+  // Retry-After is honoured past WEBHOOK_RETRY_MAX_DELAY_MS (the receiver knows best), up to an hour.
+  return retryAfterMs === undefined ? jittered : Math.max(jittered, Math.min(retryAfterMs, RETRY_AFTER_MAX_MS))
 }
 
 /** Retry-After as seconds or an HTTP date, in ms from `now`; undefined when absent or unreadable. */

@@ -183,6 +183,7 @@ export async function recordResults(
     ), updated as (
       update webhook_deliveries d
          set attempts        = d.attempts + 1,
+             generation      = d.generation + 1,
              state           = case when r.ok then 'delivered'
                                     when r.final or r.gone
                                       or now() + make_interval(secs => r."delayMs" / 1000)
@@ -215,7 +216,8 @@ export async function recordResults(
       update webhook_endpoints ep
          set failing_since   = case when h.any_ok then null else coalesce(ep.failing_since, now()) end,
              last_success_at = case when h.any_ok then now() else ep.last_success_at end,
-             enabled         = ep.enabled and not h.gone and not (not h.any_ok and ep.failing_since <= now() - ${disableAfter}),
+             enabled         = ep.enabled and not h.gone
+                               and not (not h.any_ok and coalesce(ep.failing_since <= now() - ${disableAfter}, false)),
              disabled_reason = case when not ep.enabled then ep.disabled_reason
                                     when h.gone then 'the endpoint answered 410 Gone'
                                     when not h.any_ok and ep.failing_since <= now() - ${disableAfter}
@@ -317,6 +319,14 @@ export async function sweepLapsedLeases(trx: Kysely<DB>, limit = 500): Promise<D
        and not exists (select 1 from webhook_deliveries q
                         where q.endpoint_id = w.endpoint_id and q.line_id = w.line_id and q.state = 'queued')
      limit ${limit}::int
+  `.execute(trx)
+  // A relay that read the endpoint as enabled just before it was disabled can commit deliveries after the disabling
+  // transaction failed the endpoint's undone ones.
+  await sql`
+    update webhook_deliveries d
+       set state = 'failed', leased_until = null, last_error = 'endpoint disabled', updated_at = now()
+      from webhook_endpoints ep
+     where ep.id = d.endpoint_id and not ep.enabled and d.state in ('waiting', 'queued')
   `.execute(trx)
   return [...rows, ...(await promoteNext(trx, orphans))]
 }
