@@ -78,10 +78,18 @@ export async function createDeliveryQueue(boss: PgBoss, config: ClientWebhookCon
     retryDelay: 1,
     retryBackoff: true,
     retryDelayMax: 60,
-    expireInSeconds: Math.ceil(leaseMsFor(config) / 1000) + 30,
+    expireInSeconds: expireSecondsFor(config),
     deleteAfterSeconds: 3600,
   })
+  // createQueue keeps an existing queue's options; a changed WEBHOOK_TIMEOUT_MS must still move the expiry.
+  await boss.updateQueue(DELIVERY_QUEUE, { expireInSeconds: expireSecondsFor(config) })
 }
+
+/**
+ * A handler never runs longer than a lease (request timeout + recording), so a job active longer than this lost its
+ * process: pg-boss's supervisor then retries it. Deliveries already leased are republished sooner, by the lease sweep.
+ */
+const expireSecondsFor = (config: ClientWebhookConfig) => Math.ceil(leaseMsFor(config) / 1000) + 10
 
 function sanitized(err: unknown): Error {
   const e = err as { code?: string; message?: string }
@@ -105,6 +113,17 @@ export async function startNotifier(o: {
   const leaseMs = leaseMsFor(config)
   const schedule = { baseDelayMs: config.retryBaseDelayMs, maxDelayMs: config.retryMaxDelayMs }
 
+  // Workers' leases go together, one statement per burst: with a lease each, 20 workers waited for the pool
+  // (DB_POOL_MAX 10) holding fetched jobs, and a process killed then left those jobs to pg-boss's expiry (minutes)
+  // instead of to the lease sweep (seconds).
+  const lease = coalesce(
+    async (jobs: JobData[]) => {
+      const rows = await leaseDeliveries(db, jobs, leaseMs)
+      const byKey = new Map(rows.map((x) => [`${x.endpoint_id}:${x.event_id}`, x]))
+      return jobs.map((j) => byKey.get(`${j.endpointId}:${j.eventId}`))
+    },
+    { keyOf: (j) => `${j.endpointId}:${j.eventId}` },
+  )
   let workId: string | undefined
   const record = coalesce(
     async (results: AttemptResult[]) => {
@@ -194,12 +213,8 @@ export async function startNotifier(o: {
     },
     async (jobs: Job<JobData>[]) => {
       try {
-        const leased = await leaseDeliveries(
-          db,
-          jobs.map((j) => j.data),
-          leaseMs,
-        )
-        await Promise.all(leased.map(deliver))
+        const leased = await Promise.all(jobs.map((j) => lease(j.data)))
+        await Promise.all(leased.filter((d) => d !== undefined).map(deliver))
       } catch (err) {
         // pg-boss keeps a failed job's error as its output, and PostgreSQL's detail can quote a whole
         // webhook_endpoints row, secret included: only the code and message leave this handler.
