@@ -16,12 +16,13 @@ import {
 } from './bench/dispatch.ts'
 import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
+import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
 // `npm run bench`: the seven benchmarks of issue #4 against this checkout, in one run of a few minutes. It starts
 // its own PostgreSQL (embedded, default durability settings), the provider simulator in this process, and the
 // service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
-//   --only=create,dispatch,backlog   run some phases (default: all; latest.json is written only for a full run)
+//   --only=create,dispatch,backlog,webhooks   run some phases (default: all; latest.json is written only for a full run)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
 //                                    (slower; its figures are not the benchmark's)
 
@@ -29,7 +30,7 @@ const args = process.argv.slice(2)
 const only = args
   .find((a) => a.startsWith('--only='))
   ?.slice(7)
-  .split(',') ?? ['create', 'dispatch', 'backlog']
+  .split(',') ?? ['create', 'dispatch', 'backlog', 'webhooks']
 const profile = args.includes('--profile')
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
@@ -128,15 +129,34 @@ async function phaseBacklog(pg: BenchDb) {
   }
 }
 
+async function phaseWebhooks(pg: BenchDb) {
+  const { url, db } = await phaseDb(pg, 'bench_webhooks')
+  const sim = await startSimulator({ callDurationMs: 200, webhookSecret: BENCH_WEBHOOK_SECRET })
+  // the receiver listens on 127.0.0.1 over http, which production settings refuse
+  const svc = await startServiceProcess(
+    { ...serviceEnv(url, sim.url), WEBHOOK_ALLOW_HTTP: 'true', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' },
+    nodeArgs('webhooks'),
+  )
+  try {
+    log('8 client webhooks: slot run without/with an endpoint, final event latency, deliveries per second')
+    return await benchWebhooks(svc.url, db, sim)
+  } finally {
+    await svc.stop()
+    await sim.close()
+    await db.destroy()
+  }
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
   slots?: SlotResult
   zero?: ZeroLengthResult
   backlog?: BacklogResult
+  webhooks?: WebhookBenchResult
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog } = r
+  const { single, batch, slots, zero, backlog, webhooks } = r
   if (single)
     rows.push({
       id: 1,
@@ -196,6 +216,31 @@ function goalRows(r: {
         backlog.planUsesDispatchIndex &&
         !backlog.planSeqScanOnCalls,
     })
+  if (webhooks) {
+    rows.push({
+      id: 8,
+      benchmark: 'client webhooks: deliveries/s',
+      figure: `${webhooks.deliveriesPerSec}/s to a local receiver`,
+      goal: '>= 1000/s',
+      met: webhooks.deliveriesPerSec >= 1000,
+    })
+    rows.push({
+      id: 9,
+      benchmark: 'client webhooks: final event latency',
+      figure: `p50 ${webhooks.finalEventLatency.p50Ms} ms, p99 ${webhooks.finalEventLatency.p99Ms} ms`,
+      goal: 'p99 <= 100 ms',
+      met: webhooks.finalEventLatency.p99Ms <= 100,
+    })
+    rows.push({
+      id: 10,
+      benchmark: 'client webhooks: cost to slot run',
+      figure:
+        `${webhooks.costPercent}% (calls/s without ${webhooks.slotCallsPerSec.without.join(', ')}; ` +
+        `with ${webhooks.slotCallsPerSec.with.join(', ')})`,
+      goal: '<= 3%',
+      met: webhooks.costPercent <= 3,
+    })
+  }
   if (slots || zero) {
     const peaks = [slots?.peakRssMb, zero?.peakRssMb].filter((x) => x !== undefined)
     rows.push({
@@ -225,12 +270,16 @@ const pg = await startBenchDb(profile ? { shared_preload_libraries: 'pg_stat_sta
 log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus().length} cores`)
 let results: Partial<
   Awaited<ReturnType<typeof phaseCreate>> &
-    Awaited<ReturnType<typeof phaseDispatch>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> }
+    Awaited<ReturnType<typeof phaseDispatch>> & {
+      backlog: Awaited<ReturnType<typeof phaseBacklog>>
+      webhooks: WebhookBenchResult
+    }
 > = {}
 try {
   if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
   if (only.includes('dispatch')) results = { ...results, ...(await phaseDispatch(pg)) }
   if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
+  if (only.includes('webhooks')) results.webhooks = await phaseWebhooks(pg)
 } finally {
   await pg.stop()
 }
@@ -258,7 +307,7 @@ const file = await writeResults(
     invariantViolations: bad,
     ...results,
   },
-  !profile && only.length === 3,
+  !profile && only.length === 4,
 )
 console.log(`\n${seconds} s; results in ${path.relative(process.cwd(), file)}`)
 process.exit(bad.length > 0 ? 1 : 0)

@@ -90,7 +90,14 @@ export async function startService(config: Config, log: Logger): Promise<Service
   // Client webhooks are delivered by the processes that dispatch; ROLE=api only writes events (by trigger).
   let notifier: Notifier | undefined
   if (config.role !== 'api') {
-    notifier = await startNotifier({ db, boss, databaseUrl, log, config: config.clientWebhooks })
+    notifier = await startNotifier({
+      db,
+      boss,
+      databaseUrl,
+      log,
+      config: config.clientWebhooks,
+      observer: metrics.clientWebhooks,
+    })
   }
 
   if (config.role !== 'api') {

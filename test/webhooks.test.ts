@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import { sql } from 'kysely'
 import { Webhook } from 'standardwebhooks'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -65,6 +66,23 @@ async function waitForAllAcknowledged(r: Receiver, timeoutMs = 30_000) {
     timeoutMs,
   ).catch((err) => {
     throw new Error(`${err.message}: ${last}`)
+  })
+}
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['scripts/calls.ts', ...args], {
+      env: { PATH: process.env.PATH, DATABASE_URL: t.url },
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString()
+    })
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString()
+    })
+    child.on('exit', (code) => resolve({ code, stdout, stderr }))
   })
 }
 
@@ -242,6 +260,28 @@ describe('client webhooks', () => {
     expect(r.received[1]?.headers['webhook-id']).toBe(event.id)
     expect(r.received[1]?.body).toBe(r.received[0]?.body)
     expect((await s.api('POST', '/api/v1/events/00000000-0000-4000-8000-000000000000/redeliver')).statusCode).toBe(404)
+  })
+
+  it("lets an operator list a call's events and redeliver one from the CLI", async () => {
+    const r = await receiver()
+    await endpoint({ url: r.url, events: ['call.created'] })
+    const [id] = await s.createCalls(1, () => phone(8100))
+    await waitFor('the delivery recorded', async () => {
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from webhook_deliveries where state = 'delivered'`.execute(t.db)
+      return rows[0]?.n === 1
+    })
+    const shown = await cli(['events', id as string, '--json'])
+    expect(shown.code).toBe(0)
+    const rows = JSON.parse(shown.stdout) as { event_id: string; type: string; state: string | null }[]
+    const created = rows.find((x) => x.type === 'call.created')
+    expect(created?.state).toBe('delivered')
+    const again = await cli(['redeliver', created?.event_id as string])
+    expect(again.code).toBe(0)
+    expect(again.stdout).toMatch(/sent again to 1 endpoint/)
+    await waitFor('the redelivery, published by the lease sweep', () => r.received.length >= 2)
+    expect(r.received[1]?.headers['webhook-id']).toBe(created?.event_id)
+    expect((await cli(['redeliver', '00000000-0000-4000-8000-000000000000'])).code).toBe(1)
   })
 
   it('sends an endpoint only the types it asked for, with the call sequence showing the gaps', async () => {

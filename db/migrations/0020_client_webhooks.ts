@@ -171,6 +171,39 @@ export async function up(db: Kysely<any>): Promise<void> {
      order by ep.created_at, ep.id
   `.execute(db)
 
+  // For operators (scripts/calls.ts redeliver): the API's redelivery without pg-boss at hand. Each delivery is left
+  // queued with a lapsed lease, so the relay's sweep (src/notify/sql.ts sweepLapsedLeases) publishes its job within
+  // about a second. The relay lock is taken because the relay is the other writer that inserts deliveries.
+  await sql`
+    create function redeliver_event(event_id uuid) returns integer
+    language plpgsql volatile as $$
+    declare
+      n integer;
+    begin
+      perform pg_advisory_xact_lock(1128352844, 2);
+      with again as (
+        update webhook_deliveries d
+           set state = 'queued', generation = d.generation + 1, leased_until = now() - interval '1 second',
+               next_attempt_at = now(), updated_at = now()
+         where d.event_id = redeliver_event.event_id
+           and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
+        returning 1
+      ), added as (
+        insert into webhook_deliveries (endpoint_id, event_id, line_id, sequence, state, leased_until)
+        select ep.id, e.id, e.call_id, e.sequence, 'queued', now() - interval '1 second'
+          from webhook_events e
+          join webhook_endpoints ep
+            on ep.enabled and (ep.events is null or e.type = any(ep.events))
+           and (ep.campaign_id is null or ep.campaign_id = e.campaign_id)
+         where e.id = redeliver_event.event_id and e.call_id is not null
+           and not exists (select 1 from webhook_deliveries d where d.event_id = e.id and d.endpoint_id = ep.id)
+        returning 1
+      )
+      select (select count(*) from again) + (select count(*) from added) into n;
+      return n;
+    end $$
+  `.execute(db)
+
   const comments: [string, string][] = [
     [
       'table webhook_endpoints',
@@ -235,6 +268,7 @@ export async function up(db: Kysely<any>): Promise<void> {
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
+  await sql`drop function redeliver_event(uuid)`.execute(db)
   await sql`drop view webhook_delivery_overview`.execute(db)
   await sql`drop trigger calls_webhook_event_changed on calls`.execute(db)
   await sql`drop trigger calls_webhook_event_created on calls`.execute(db)
