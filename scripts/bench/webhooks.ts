@@ -96,6 +96,7 @@ export async function benchWebhooks(serviceUrl: string, db: Kysely<DB>, sim: Sim
   const without: number[] = []
   const withEndpoint: number[] = []
   const latencies: number[] = []
+  let progress = ''
   try {
     sim.configure({ callDurationMs: 200 })
     await slotRun(serviceUrl, db, sim, 300) // warm-up
@@ -106,7 +107,19 @@ export async function benchWebhooks(serviceUrl: string, db: Kysely<DB>, sim: Sim
       receiver.reset()
       const run = await slotRun(serviceUrl, db, sim, N)
       withEndpoint.push(run.callsPerSec)
-      await until('every call.completed delivered', () => receiver.completedAt.size >= N, 60_000)
+      await until(
+        'every call.completed delivered',
+        async () => {
+          if (receiver.completedAt.size >= N) return true
+          const { rows } = await sql<{ state: string; n: number }>`
+            select state, count(*)::int as n from webhook_deliveries group by 1`.execute(db)
+          progress = `${receiver.completedAt.size} of ${N} call.completed; deliveries ${JSON.stringify(rows)}`
+          return false
+        },
+        180_000,
+      ).catch((err) => {
+        throw new Error(`${(err as Error).message}: ${progress}`)
+      })
       for (const d of run.dials) {
         const callId = d.idempotencyKey.split(':')[0] as string
         const got = receiver.completedAt.get(callId)
