@@ -19,7 +19,6 @@ const procs: ChildProcess[] = []
 beforeAll(async () => {
   t = await createTestDb()
   sim = await startSimulator({ callDurationMs: 100 })
-  // a slow receiver, so deliveries are in flight when the process dies
   r = await startReceiver()
 })
 afterAll(async () => {
@@ -60,9 +59,7 @@ async function startProcess(): Promise<string> {
 }
 
 describe('client webhooks across a SIGKILL', () => {
-  it('lose no event and keep each call in order', { timeout: 90_000 }, async () => {
-    r.respond = () => 200
-    const slow = r.respond
+  it('lose no event and keep each call in order', { timeout: 150_000 }, async () => {
     const url = await startProcess()
     const ep = await fetch(`${url}/api/v1/webhook-endpoints`, {
       method: 'POST',
@@ -81,7 +78,6 @@ describe('client webhooks across a SIGKILL', () => {
     const first = procs[0] as ChildProcess
     first.kill('SIGKILL')
     await once(first, 'exit')
-    void slow
 
     const second = await startProcess()
     await waitFor(
@@ -91,7 +87,7 @@ describe('client webhooks across a SIGKILL', () => {
           select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(t.db)
         return rows[0]?.n === 0
       },
-      40_000,
+      60_000,
       100,
     )
     await waitFor(
@@ -101,7 +97,7 @@ describe('client webhooks across a SIGKILL', () => {
           select count(*)::int as n from webhook_events where call_id is not null`.execute(t.db)
         return r.acknowledged().length >= (rows[0]?.n ?? 1)
       },
-      40_000,
+      60_000,
       100,
     )
     const { rows: events } = await sql<{ id: string }>`select id from webhook_events where call_id is not null`.execute(
