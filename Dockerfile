@@ -21,5 +21,5 @@ USER node
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-# The V8 heap sizes of `npm start` (package.json; README, Performance): they keep the peak RSS under 200 MB.
+# The V8 heap sizes of `npm start` (package.json; docs/design.md, Memory): they keep the peak RSS under 200 MB.
 CMD ["node", "--max-semi-space-size=8", "--max-old-space-size=384", "src/main.ts"]

@@ -18,9 +18,9 @@ import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess }
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
-// `npm run bench`: the seven benchmarks of issue #4 against this checkout, in one run of a few minutes. It starts
-// its own PostgreSQL (embedded, default durability settings), the provider simulator in this process, and the
-// service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
+// `npm run bench`: the seven benchmarks of README's Performance table against this checkout, in one run of a few
+// minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
+// process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
 //   --only=create,dispatch,backlog,webhooks   run some phases (default: all; latest.json is written only for a full run)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/

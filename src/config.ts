@@ -19,6 +19,10 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ default: '0.0.0.0', minLength: 1 }),
   ROLE: Type.Enum(['all', 'api', 'worker'], { default: 'all' }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  LOG_FORMAT: Type.Enum(['auto', 'json', 'pretty'], {
+    default: 'auto',
+    description: 'auto: readable lines when stdout is a terminal, JSON lines otherwise',
+  }),
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'PostgreSQL URL' })),
   DB_HOST: Text('legacy: host, used when DATABASE_URL is unset'),
   DB_PORT: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
@@ -39,10 +43,27 @@ export const EnvSchema = Type.Object({
   CALL_TIMEOUT_MS: Int(15 * MINUTE, 1000, 7 * 24 * HOUR, 'longest IN_PROGRESS without a final webhook'),
   CALL_EXPIRY_MS: Int(24 * HOUR, 1000, 365 * 24 * HOUR, 'default time a call may wait PENDING'),
   PROVIDER_TIMEOUT_MS: Int(10_000, 100, 10 * MINUTE, 'dial request timeout'),
+  THROTTLE_MAX_MS: Int(
+    15 * MINUTE,
+    0,
+    7 * 24 * HOUR,
+    'how long a call may stay throttled (429) before 429s spend attempts',
+  ),
+  DB_STATEMENT_TIMEOUT_MS: Int(30_000, 1000, HOUR, 'longest statement; a stalled connection is dropped a little later'),
   SWEEP_INTERVAL_MS: Int(1000, 50, HOUR, 'how often a worker expires and times out calls'),
   API_KEYS: Text('comma-separated client API keys'),
-  RATE_LIMIT_MAX: Int(600, 1, 1_000_000, 'requests per window per API key'),
-  RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'rate limit window'),
+  RATE_LIMIT_READS_PER_SEC: Int(500, 1, 1_000_000, 'GET requests a second per API key, sustained'),
+  RATE_LIMIT_READ_BURST: Int(5000, 1, 10_000_000, 'GET requests per API key at once, above the rate'),
+  RATE_LIMIT_WRITES_PER_SEC: Int(200, 1, 1_000_000, 'POST/PATCH/DELETE requests a second per API key, sustained'),
+  RATE_LIMIT_WRITE_BURST: Int(5000, 1, 10_000_000, 'POST/PATCH/DELETE requests per API key at once'),
+  RATE_LIMIT_MAX: Type.Optional(
+    Type.Integer({
+      minimum: 1,
+      maximum: 10_000_000,
+      description: 'older form: requests per window, reads and writes each',
+    }),
+  ),
+  RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'older form: the window of RATE_LIMIT_MAX'),
   // Client webhooks (src/notify): events we send to our API clients. Not to be confused with WEBHOOK_SECRET and
   // WEBHOOK_BASE_URL above, which are about the provider's webhooks to us.
   WEBHOOK_RETRY_BASE_DELAY_MS: Int(5000, 1, HOUR, 'client webhooks: first retry delay (schedule x1, x6, x24, ...)'),
@@ -75,9 +96,12 @@ export interface Config {
   host: string
   role: Env['ROLE']
   logLevel: string
+  /** auto: pretty when stdout is a TTY (decided in main.ts, which owns stdout). */
+  logFormat: Env['LOG_FORMAT']
   /** Undefined: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
   dbPoolMax: number
+  dbStatementTimeoutMs: number
   embeddedPg: { port: number; dir: string }
   provider: { url: string | undefined; apiKey: string | undefined; timeoutMs: number }
   /** baseUrl undefined: http://localhost:<the port the server got>. */
@@ -90,11 +114,15 @@ export interface Config {
     callTimeoutMs: number
     callExpiryMs: number
     sweepIntervalMs: number
+    throttleMaxMs: number
   }
+  /** How long SIGTERM waits for dials in flight to answer and be recorded before the process closes. */
+  shutdownGraceMs: number
   /** Webhooks we send to API clients (src/notify); `webhook` above is the provider's webhooks to us. */
   clientWebhooks: ClientWebhookConfig
   apiKeys: string[]
-  rateLimit: { max: number; windowMs: number }
+  /** Token buckets per API key (per client address without keys), reads and writes apart; per instance. */
+  rateLimit: { read: { perSec: number; burst: number }; write: { perSec: number; burst: number } }
   simulator: { callDurationMs: number; outcomes: Record<string, number> }
 }
 
@@ -141,6 +169,12 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   if (env.RETRY_MAX_DELAY_MS < env.RETRY_BASE_DELAY_MS) {
     problems.push('RETRY_MAX_DELAY_MS: must be >= RETRY_BASE_DELAY_MS')
   }
+  // A call whose dial is still waiting for the provider's answer would be timed out before the answer could come.
+  if (env.CALL_TIMEOUT_MS <= env.PROVIDER_TIMEOUT_MS) {
+    problems.push(
+      `CALL_TIMEOUT_MS: must be greater than PROVIDER_TIMEOUT_MS (got ${env.CALL_TIMEOUT_MS} <= ${env.PROVIDER_TIMEOUT_MS})`,
+    )
+  }
   const apiKeys = (env.API_KEYS ?? '')
     .split(',')
     .map((k) => k.trim())
@@ -148,6 +182,10 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
   if (env.NODE_ENV === 'production') {
     if (apiKeys.length === 0) problems.push('API_KEYS: required when NODE_ENV=production')
     if (!env.WEBHOOK_SECRET) problems.push('WEBHOOK_SECRET: required when NODE_ENV=production')
+  }
+  const newRateNames = Object.keys(EnvSchema.properties).filter((k) => /^RATE_LIMIT_(READ|WRITE)/.test(k))
+  if (env.RATE_LIMIT_MAX !== undefined && newRateNames.some((k) => source[k]?.trim())) {
+    problems.push(`RATE_LIMIT_MAX: set either it (the older form) or ${newRateNames.join(', ')}, not both`)
   }
   if (problems.length > 0) throw new ConfigError(problems)
 
@@ -157,8 +195,10 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     host: env.HOST,
     role: env.ROLE,
     logLevel: env.LOG_LEVEL,
+    logFormat: env.LOG_FORMAT,
     databaseUrl: env.DATABASE_URL ?? legacyDatabaseUrl(env),
     dbPoolMax: env.DB_POOL_MAX,
+    dbStatementTimeoutMs: env.DB_STATEMENT_TIMEOUT_MS,
     embeddedPg: { port: env.EMBEDDED_PG_PORT, dir: env.EMBEDDED_PG_DIR },
     provider: {
       url: env.AI_CALL_API_URL?.replace(/\/+$/, ''),
@@ -177,7 +217,10 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       callTimeoutMs: env.CALL_TIMEOUT_MS,
       callExpiryMs: env.CALL_EXPIRY_MS,
       sweepIntervalMs: env.SWEEP_INTERVAL_MS,
+      throttleMaxMs: env.THROTTLE_MAX_MS,
     },
+    // The provider's answer, then a few seconds to record it (the recorder retries while the database blinks).
+    shutdownGraceMs: env.PROVIDER_TIMEOUT_MS + 5000,
     clientWebhooks: {
       retryBaseDelayMs: env.WEBHOOK_RETRY_BASE_DELAY_MS,
       retryMaxDelayMs: env.WEBHOOK_RETRY_MAX_DELAY_MS,
@@ -189,7 +232,7 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       allowPrivateNetworks: env.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? env.NODE_ENV !== 'production',
     },
     apiKeys,
-    rateLimit: { max: env.RATE_LIMIT_MAX, windowMs: env.RATE_LIMIT_WINDOW_MS },
+    rateLimit: rateLimits(env),
     simulator: {
       callDurationMs: env.SIM_CALL_DURATION_MS,
       outcomes: Object.fromEntries(
@@ -200,6 +243,18 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
       ),
     },
   }
+}
+
+/** RATE_LIMIT_MAX per RATE_LIMIT_WINDOW_MS (the older form) is a bucket of that size refilled over the window. */
+function rateLimits(env: Env): Config['rateLimit'] {
+  if (env.RATE_LIMIT_MAX === undefined) {
+    return {
+      read: { perSec: env.RATE_LIMIT_READS_PER_SEC, burst: env.RATE_LIMIT_READ_BURST },
+      write: { perSec: env.RATE_LIMIT_WRITES_PER_SEC, burst: env.RATE_LIMIT_WRITE_BURST },
+    }
+  }
+  const legacy = { perSec: (env.RATE_LIMIT_MAX * 1000) / env.RATE_LIMIT_WINDOW_MS, burst: env.RATE_LIMIT_MAX }
+  return { read: legacy, write: legacy }
 }
 
 function schemaType(schema: unknown): unknown {

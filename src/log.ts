@@ -1,7 +1,8 @@
 import pino, { type DestinationStream, type Logger } from 'pino'
+import pretty from 'pino-pretty'
 
-// Secrets never reach the log: these paths are replaced wherever they appear. Phone numbers are masked where they
-// are logged (phone.ts maskPhone); request bodies are not logged at all.
+// Secrets never reach the log: these paths are replaced wherever they appear, before any formatting. Request bodies
+// are not logged, and no log line carries a phone number (test/logs.test.ts).
 export const REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers["x-signature"]',
@@ -15,7 +16,27 @@ export const REDACT_PATHS = [
   'config.apiKeys',
 ]
 
-export function createLogger(level: string, name = 'orchestrator', destination?: DestinationStream): Logger {
+/**
+ * JSON lines for machines; 'pretty' for a person at a terminal (pino-pretty in-process and synchronous, so the line
+ * before a process.exit is not lost). Redaction happens in pino, so both formats are redacted alike.
+ */
+export function createLogger(
+  level: string,
+  name = 'orchestrator',
+  destination?: DestinationStream,
+  format: 'json' | 'pretty' = 'json',
+): Logger {
   const options = { name, level, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }
+  if (format === 'pretty') {
+    return pino(
+      options,
+      pretty({
+        sync: true,
+        translateTime: 'SYS:HH:MM:ss.l',
+        ignore: 'pid,hostname',
+        ...(destination ? { destination, colorize: false } : {}),
+      }),
+    )
+  }
   return destination ? pino(options, destination) : pino(options)
 }

@@ -9,7 +9,11 @@ export function normalizePhone(input: string): string | undefined {
   return parsed?.isValid() ? parsed.number : undefined
 }
 
-/** For logs: the last 4 digits only ("+966501234567" -> "+*********4567"). The database keeps the whole number. */
+/**
+ * The last 4 digits only ("+966501234567" -> "+********4567"): the rule of mask_phone() in migration 0003, which the
+ * dashboard and the operator views use (test/operator-views.test.ts compares the two). The service's logs carry no
+ * phone number at all (test/logs.test.ts); the database keeps the whole number.
+ */
 export function maskPhone(phone: string): string {
   return phone.length <= 4 ? '****' : `+${'*'.repeat(Math.max(0, phone.length - 5))}${phone.slice(-4)}`
 }

@@ -6,11 +6,13 @@ import type { Config } from './config.ts'
 import { createDb, createPool, type DB, migrateToLatest } from './db/database.ts'
 import { type EmbeddedDb, startEmbeddedDb } from './db/embedded.ts'
 import { createDispatcher, type Dispatcher } from './dispatch/dispatcher.ts'
+import { createRecorder } from './dispatch/recorder.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
 import { createDeliveryQueue, type Notifier, publisher, startNotifier } from './notify/delivery.ts'
 import { createMetrics } from './ops/metrics.ts'
 import { createProvider } from './providers/generic.ts'
+import { webhookUrlToken } from './providers/signature.ts'
 import { type Simulator, startSimulator } from './providers/simulator.ts'
 import { saveDispatchSettings } from './sql/settings.ts'
 
@@ -25,7 +27,7 @@ export interface Service {
   simulator: Simulator | undefined
   /** Base URL the HTTP server listens on, e.g. http://127.0.0.1:3000 */
   url: string
-  /** Graceful: stop accepting requests, stop claiming, let dials in flight record their result, close pools. */
+  /** Graceful: stop claiming, let dials in flight record their result, stop accepting requests, close pools. */
   stop(): Promise<void>
 }
 
@@ -38,19 +40,27 @@ export async function startService(config: Config, log: Logger): Promise<Service
       database: 'orchestrator',
     })
     log.info(
-      { dir: config.embeddedPg.dir, port: config.embeddedPg.port },
+      { dir: config.embeddedPg.dir, dataDir: embedded.dataDir, port: config.embeddedPg.port },
       'DATABASE_URL is not set: started the embedded PostgreSQL',
     )
   }
   const databaseUrl = config.databaseUrl ?? (embedded as EmbeddedDb).url
 
-  const pool = createPool(databaseUrl, config.dbPoolMax)
+  const pool = createPool(databaseUrl, config.dbPoolMax, { statementTimeoutMs: config.dbStatementTimeoutMs })
   const db = createDb(pool)
   const applied = await migrateToLatest(db)
   if (applied.length > 0) log.info({ migrations: applied }, 'migrated the database')
   // The cap, for call_overview and the metrics: recorded by the processes that enforce it.
-  if (config.role !== 'api') await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
-  const boss = await startQueue(databaseUrl, log)
+  if (config.role !== 'api') {
+    const previous = await saveDispatchSettings(db, { maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
+    if (previous && previous.maxConcurrentCalls !== config.dispatch.maxConcurrentCalls) {
+      log.warn(
+        { ours: config.dispatch.maxConcurrentCalls, previous: previous.maxConcurrentCalls },
+        'MAX_CONCURRENT_CALLS differs from the value the last dispatching instance saved: if that instance still runs, each claim keeps its own cap and the largest wins; give every instance the same value',
+      )
+    }
+  }
+  const boss = await startQueue(databaseUrl, log, { statementTimeoutMs: config.dbStatementTimeoutMs })
   await createDeliveryQueue(boss, config.clientWebhooks)
 
   let simulator: Simulator | undefined
@@ -72,11 +82,14 @@ export async function startService(config: Config, log: Logger): Promise<Service
   let dispatcher: Dispatcher | undefined
   const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
   const metrics = createMetrics({ db, maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
+  // The one recorder of this process: the dispatcher's dial results and the routes' webhooks share its batches.
+  const recorder = createRecorder({ db, wakeup, log, patienceMs: config.dispatch.callTimeoutMs })
   const app = await buildApp({
     config,
     db,
     log,
     wakeup,
+    recorder,
     clientApi: config.role !== 'worker',
     metrics,
     publishDeliveries: publisher(boss),
@@ -104,13 +117,17 @@ export async function startService(config: Config, log: Logger): Promise<Service
     const d = createDispatcher({
       db,
       provider,
-      wakeup,
+      recorder,
       log,
       policy: config.dispatch,
       maxConcurrentCalls: config.dispatch.maxConcurrentCalls,
       callTimeoutMs: config.dispatch.callTimeoutMs,
       sweepIntervalMs: config.dispatch.sweepIntervalMs,
-      webhookUrl: (call) => `${webhookBase}/api/v1/callbacks/call-status?call=${call.id}&attempt=${call.attempts}`,
+      webhookUrl: (call) => {
+        const url = `${webhookBase}/api/v1/callbacks/call-status?call=${call.id}&attempt=${call.attempts}`
+        const secret = config.webhook.secret
+        return secret ? `${url}&token=${webhookUrlToken(secret, call.id, call.attempts)}` : url
+      },
       onDial: metrics.dialed,
       onAttemptEnd: metrics.attemptEnded,
       onSweep: metrics.swept,
@@ -132,14 +149,28 @@ export async function startService(config: Config, log: Logger): Promise<Service
     simulator,
     url: `http://127.0.0.1:${port}`,
     async stop() {
-      await app.close()
-      await dispatcher?.stop(10_000)
-      await notifier?.stop()
-      await boss.stop({ graceful: true, timeout: 5000 })
+      // Claims stop first; dials in flight get the provider's timeout to answer and a little more to be recorded,
+      // while the HTTP server still takes the webhooks of calls in progress. Then the server closes.
+      await dispatcher?.stop(config.shutdownGraceMs)
+      recorder.close()
+      await atMost(config.clientWebhooks.timeoutMs + 2000, notifier?.stop() ?? Promise.resolve())
+      // Requests in flight (webhooks of calls still in progress) get a few seconds, then every connection is closed:
+      // after a slow provider's webhooks, app.close() alone was seen waiting more than 19 s (cause not found).
+      await atMost(3000, app.close())
+      app.server.closeAllConnections()
+      // A connection that went silent can keep a pool from ending; the process is leaving, so each wait is bounded.
+      await atMost(6000, boss.stop({ graceful: true, timeout: 5000 }))
       await provider.close()
       await simulator?.close()
-      await db.destroy()
+      await atMost(3000, db.destroy())
       await embedded?.stop()
     },
   }
+}
+
+function atMost(ms: number, p: Promise<unknown>): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([p, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() =>
+    clearTimeout(timer),
+  )
 }

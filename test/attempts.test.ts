@@ -1,22 +1,16 @@
 import { sql } from 'kysely'
 import pg from 'pg'
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { beforeEach, describe, expect, it } from 'vitest'
 import { CALL_ERRORS } from '../src/dispatch/call-state.ts'
 import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
-import { createTestDb, type TestDb } from './db.ts'
+import { useTestDb } from './kit.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
 
 // src/sql/attempts.ts against PostgreSQL: several reports ended in one statement, each fenced on its own.
 
-let t: TestDb
+const t = useTestDb()
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })
@@ -32,6 +26,7 @@ const report = (
   attempt,
   end,
   eventKind: 'WEBHOOK' as const,
+  outcome: end.next === 'COMPLETED' ? ('COMPLETED' as const) : ('NO_ANSWER' as const),
   detail: { providerCallId: `sim_${callId.slice(0, 4)}` },
 })
 
@@ -50,7 +45,7 @@ describe('endAttempts', () => {
 
     const results = await endAttempts(t.db, [
       report(live, 1),
-      report(retried, 1, { next: 'PENDING', delayMs: 60_000, spendsAttempt: true, error }),
+      report(retried, 1, { next: 'PENDING', delayMs: 60_000, spendsAttempt: true, throttled: false, error }),
       report(newer, 1),
       report(done, 1),
       report(timedOut, 1),
@@ -82,6 +77,37 @@ describe('endAttempts', () => {
       [timedOut, 'late'],
     ])
     expect(rows[0]?.provider).toBe(`sim_${live.slice(0, 4)}`)
+  })
+
+  it('settles the latest attempt once from a late report, whatever state an unknown or failed dial left it in', async () => {
+    const retrying = await callIn(t, 'PENDING', { attempts: 1 }) // a dial error the provider contradicts
+    const failed = await callIn(t, 'FAILED', { attempts: 1 })
+    const stillRetrying = await callIn(t, 'PENDING', { attempts: 1 })
+    const older = await callIn(t, 'PENDING', { attempts: 2 })
+    const error = { code: 'NO_ANSWER', message: 'no answer' }
+    const noAnswer = { next: 'PENDING', delayMs: 1000, spendsAttempt: true, throttled: false, error } as const
+
+    expect(
+      await endAttempts(t.db, [
+        report(retrying, 1),
+        report(failed, 1),
+        report(stillRetrying, 1, noAnswer),
+        report(older, 1),
+      ]),
+    ).toEqual([
+      { outcome: 'late', status: 'COMPLETED', freedSlot: false },
+      { outcome: 'late', status: 'COMPLETED', freedSlot: false },
+      { outcome: 'late', status: 'PENDING', freedSlot: false },
+      { outcome: 'stale', status: 'PENDING', freedSlot: false },
+    ])
+    expect(await row(retrying)).toMatchObject({ status: 'COMPLETED', last_outcome: 'COMPLETED', reported_attempt: 1 })
+    // a late failure only records itself: the retry stays as scheduled
+    expect(await row(stillRetrying)).toMatchObject({ status: 'PENDING', last_outcome: 'NO_ANSWER', last_error: error })
+    // the same report again, or a contradicting one, is a duplicate
+    expect(await endAttempts(t.db, [report(failed, 1, noAnswer), report(stillRetrying, 1)])).toEqual([
+      { outcome: 'duplicate', status: 'COMPLETED', freedSlot: false },
+      { outcome: 'duplicate', status: 'PENDING', freedSlot: false },
+    ])
   })
 
   it('locks rows in id order, so it cannot deadlock with a batch of accepted dials that names them in another order', async () => {

@@ -1,19 +1,17 @@
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance
 
 beforeAll(async () => {
-  t = await createTestDb()
   app = await apiOnly(t)
 })
 afterAll(async () => {
   await app.close()
-  await t.drop()
 })
 beforeEach(async () => {
   await sql`truncate calls cascade`.execute(t.db)

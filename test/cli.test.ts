@@ -1,24 +1,18 @@
 import { spawn } from 'node:child_process'
 import { sql } from 'kysely'
 import pg from 'pg'
-import { afterAll, beforeAll, beforeEach, describe, expect, inject, it } from 'vitest'
+import { beforeEach, describe, expect, inject, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { withDatabase } from './global-setup.ts'
+import { useTestDb } from './kit.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
 
 // scripts/calls.ts as an operator runs it: `node scripts/calls.ts ...` in its own process, against the test database.
 
-let t: TestDb
+const t = useTestDb()
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
   await sql`delete from dispatch_settings`.execute(t.db)

@@ -23,6 +23,19 @@ describe('loadConfig', () => {
     })
   })
 
+  it('refuses a CALL_TIMEOUT_MS that is not longer than PROVIDER_TIMEOUT_MS', () => {
+    // a dial still waiting for the provider would be timed out before its answer could come
+    expect(() => loadConfig({ CALL_TIMEOUT_MS: '10000', PROVIDER_TIMEOUT_MS: '10000' })).toThrow(
+      /CALL_TIMEOUT_MS: must be greater than PROVIDER_TIMEOUT_MS/,
+    )
+    expect(() => loadConfig({ CALL_TIMEOUT_MS: '5000' })).toThrow(ConfigError)
+    expect(loadConfig({ CALL_TIMEOUT_MS: '10001', PROVIDER_TIMEOUT_MS: '10000' }).dispatch.callTimeoutMs).toBe(10_001)
+  })
+
+  it('gives SIGTERM the provider timeout and a few seconds to record the dials in flight', () => {
+    expect(loadConfig({ PROVIDER_TIMEOUT_MS: '20000', CALL_TIMEOUT_MS: '60000' }).shutdownGraceMs).toBe(25_000)
+  })
+
   it('reads numbers, lists and URLs', () => {
     const c = loadConfig({
       PORT: '8080',

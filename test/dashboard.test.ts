@@ -7,8 +7,8 @@ import { type Browser, chromium, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Service, startService } from '../src/service.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, log, phone, testConfig, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
 // The dashboard in a real headless Chromium against the whole service (dispatcher, built-in provider simulator),
 // with calls holding slots. Needs Debian's chromium (.ci/run installs it); without it these tests skip, saying so.
@@ -22,7 +22,7 @@ declare function getComputedStyle(element: unknown): { fontSize: string }
 const CHROMIUM = '/usr/bin/chromium'
 const hasBrowser = existsSync(CHROMIUM)
 const skipNote = hasBrowser ? '' : ` (skipped: no browser at ${CHROMIUM}; apt-get install chromium)`
-// README's picture is refreshed with UPDATE_SCREENSHOT=1; ordinary runs write under .vitest/ so a test run leaves
+// The picture in docs/operating.md is refreshed with UPDATE_SCREENSHOT=1; ordinary runs write under .vitest/ so a test run leaves
 // the work tree clean.
 const SCREENSHOT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -30,7 +30,7 @@ const SCREENSHOT = path.resolve(
 )
 const CAP = 5
 
-let t: TestDb
+const t = useTestDb()
 let svc: Service
 let browser: Browser
 let page: Page
@@ -38,7 +38,6 @@ const problems: string[] = []
 
 beforeAll(async () => {
   if (!hasBrowser) return
-  t = await createTestDb()
   svc = await startService(
     testConfig({
       DATABASE_URL: t.url,
@@ -78,7 +77,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close()
   await svc?.stop()
-  await t?.drop()
 })
 
 const createCalls = async (n: number, offset: number) => {

@@ -1,19 +1,12 @@
 import { sql } from 'kysely'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createDb, createPool } from '../src/db/database.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
 // The service's pool prepares statements that have parameters (src/db/database.ts). These pin down what that must not change.
 
-let t: TestDb
-
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
+const t = useTestDb()
 
 describe('prepared statements', () => {
   it('answer a repeated query like an unprepared one, parameters included', async () => {

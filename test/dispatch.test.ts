@@ -1,7 +1,7 @@
 import { sql } from 'kysely'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
-import { sign } from '../src/providers/signature.ts'
+import { sign, webhookUrlToken } from '../src/providers/signature.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
 import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
@@ -137,21 +137,88 @@ describe('dial answers', () => {
     expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', attempts: 1 })
   })
 
-  it('fails an attempt that times out and frees its slot', async () => {
+  it("never dials again after a dial the provider answered too late, and settles it from that dial's webhook", async () => {
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '1', PROVIDER_TIMEOUT_MS: '300' }, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'slow', delayMs: 600 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await stack.waitAllFinal()
+    expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', attempts: 1, last_outcome: 'COMPLETED' })
+    expect(dialsPerCall(stack.sim).get(id as string)).toHaveLength(1)
+    const kinds = (await eventsOf(id as string)).map((e) => e.kind)
+    expect(kinds).toContain('DIAL_UNKNOWN')
+    expect(kinds).not.toContain('DIAL_FAILED')
+  })
+
+  it('never dials again after a 2xx without a usable call id, and takes the webhook of that dial', async () => {
+    // reproduced before: 3 real calls placed per call, their COMPLETED webhooks ignored, the call ended FAILED
+    stack = await startStack(t, {}, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'no_call_id' } })
+    const ids = await stack.createCalls(3, (i) => phone(4200 + i))
+    const calls = await stack.waitAllFinal()
+    const dials = dialsPerCall(stack.sim)
+    for (const id of ids) expect(dials.get(id)).toHaveLength(1)
+    expect(calls.map((c) => [c.status, c.attempts])).toEqual(ids.map(() => ['COMPLETED', 1]))
+  })
+
+  it('keeps the slot of an unknown dial until CALL_TIMEOUT when no report comes, and does not retry it', async () => {
     stack = await startStack(
       t,
-      { MAX_CONCURRENT_CALLS: '1', PROVIDER_TIMEOUT_MS: '300', MAX_RETRY_ATTEMPTS: '1' },
-      { callDurationMs: 10 },
+      { MAX_CONCURRENT_CALLS: '1', CALL_TIMEOUT_MS: '1500', PROVIDER_TIMEOUT_MS: '500' },
+      { callDurationMs: 10, outcomes: { NO_WEBHOOK: 1 } },
     )
-    stack.sim.configure({ fault: { kind: 'slow', delayMs: 600 } })
-    const [slow] = await stack.createCalls(1, () => phone())
-    await waitFor('the slow dial to time out', async () => (await callRow(slow as string)).status === 'FAILED')
-    stack.sim.configure({ fault: { kind: 'none' } })
+    stack.sim.configure({ fault: { kind: 'no_call_id' } })
+    const [silent] = await stack.createCalls(1, () => phone())
+    await waitFor('the unknown dial', async () =>
+      (await eventsOf(silent as string)).some((e) => e.kind === 'DIAL_UNKNOWN'),
+    )
+    stack.sim.configure({ fault: { kind: 'none' }, outcomes: { COMPLETED: 1 } })
     const [next] = await stack.createCalls(1, () => phone())
+    await new Promise((r) => setTimeout(r, 500))
+    // the slot is still held: the next call waits
+    expect(await callRow(next as string)).toMatchObject({ status: 'PENDING' })
     await stack.waitAllFinal()
-    expect((await callRow(slow as string)).last_error).toMatchObject({ code: 'DIAL_ERROR' })
-    expect((await callRow(slow as string)).last_error?.message).toMatch(/did not answer within 300 ms/)
+    const timedOut = await callRow(silent as string)
+    expect(timedOut).toMatchObject({ status: 'FAILED', attempts: 1, last_error: { code: 'CALL_TIMEOUT' } })
+    expect(dialsPerCall(stack.sim).get(silent as string)).toHaveLength(1)
     expect(await callRow(next as string)).toMatchObject({ status: 'COMPLETED' })
+  })
+
+  it('waits at least a second after a 429 with Retry-After: 0, longer after each, and spends no attempt', async () => {
+    // reproduced before: 230 dials in 2 s for one call
+    stack = await startStack(t, { MAX_RETRY_ATTEMPTS: '1' }, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'throttle', retryAfterSec: 0 } })
+    const [id] = await stack.createCalls(1, () => phone())
+    await new Promise((r) => setTimeout(r, 3500))
+    stack.sim.configure({ fault: { kind: 'none' } })
+    const times = stack.sim
+      .stats()
+      .dials.filter((d) => d.idempotencyKey.startsWith(id as string) && d.status === 429)
+      .map((d) => d.receivedAt)
+    expect(times.length).toBeGreaterThanOrEqual(2)
+    expect(times.length).toBeLessThanOrEqual(4)
+    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(950)
+    await stack.waitAllFinal()
+    expect(await callRow(id as string)).toMatchObject({ status: 'COMPLETED', attempts: 1, throttles: 0 })
+  })
+
+  it('treats a 401 as a provider outage: no attempt spent, dialing paused, every call completes once it passes', async () => {
+    stack = await startStack(t, { MAX_RETRY_ATTEMPTS: '1' }, { callDurationMs: 10 })
+    stack.sim.configure({ fault: { kind: 'reject', status: 401 } })
+    const ids = await stack.createCalls(5, (i) => phone(4300 + i))
+    await waitFor('the refused dials', async () => {
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from call_events where kind = 'DIAL_UNAUTHORIZED'`.execute(t.db)
+      return rows[0]?.n === ids.length
+    })
+    const refused = stack.sim.stats().dials.length
+    await new Promise((r) => setTimeout(r, 1000))
+    // paused: no dial in the second after the refusals, and no call charged an attempt
+    expect(stack.sim.stats().dials.length).toBe(refused)
+    const pending = await t.db.selectFrom('calls').select(['status', 'attempts']).execute()
+    expect(pending.every((c) => c.status === 'PENDING' && c.attempts === 0)).toBe(true)
+    stack.sim.configure({ fault: { kind: 'none' } })
+    const calls = await stack.waitAllFinal()
+    expect(calls.map((c) => [c.status, c.attempts])).toEqual(ids.map(() => ['COMPLETED', 1]))
   })
 
   it('fails a call whose provider refuses connections after MAX_RETRY_ATTEMPTS', async () => {
@@ -278,8 +345,8 @@ describe('webhooks', () => {
     await stack.waitAllFinal() // the simulator signs, so its webhook was accepted
     expect((await callRow(id as string)).status).toBe('COMPLETED')
 
-    const url = `/api/v1/callbacks/call-status?call=${id}&attempt=1`
-    const body = JSON.stringify({ callId: 'sim_1', status: 'COMPLETED' })
+    const url = `/api/v1/callbacks/call-status?call=${id}&attempt=1&token=${webhookUrlToken(secret, id as string, 1)}`
+    const body = JSON.stringify({ callId: (await callRow(id as string)).provider_call_id, status: 'COMPLETED' })
     const post = (headers: Record<string, string>, payload = body) =>
       stack!.svc.app.inject({
         method: 'POST',
@@ -292,7 +359,7 @@ describe('webhooks', () => {
       await post({}),
       await post({ 'x-signature': sign('wrong', body) }),
       await post({ 'x-signature': sign(secret, body, now - 301) }),
-      await post({ 'x-signature': sign(secret, body) }, body.replace('sim_1', 'sim_2')),
+      await post({ 'x-signature': sign(secret, body) }, body.replace('sim_', 'sim_X')),
     ]
     expect(cases.map((r) => r.statusCode)).toEqual([401, 401, 401, 401])
     expect(cases.map((r) => r.json().error.code)).toEqual(Array(4).fill('INVALID_SIGNATURE'))
@@ -300,6 +367,42 @@ describe('webhooks', () => {
     expect(ok.statusCode).toBe(200)
     const bad = JSON.stringify({ callId: 'sim_1', status: 'EXPLODED' })
     expect((await post({ 'x-signature': sign(secret, bad) }, bad)).statusCode).toBe(400)
+  })
+})
+
+describe('a captured webhook', () => {
+  it('cannot be replayed against another call: the URL token and the stored provider id must both match', async () => {
+    const secret = 'whsec_replay'
+    stack = await startStack(
+      t,
+      { WEBHOOK_SECRET: secret },
+      { callDurationMs: 10, webhookSecret: secret, outcomes: { NO_WEBHOOK: 1 } },
+    )
+    const [a, b] = (await stack.createCalls(2, (i) => phone(4400 + i))) as [string, string]
+    await waitFor('both calls dialed', async () =>
+      (await t.db.selectFrom('calls').select('provider_call_id').execute()).every((c) => c.provider_call_id),
+    )
+    const body = JSON.stringify({ callId: (await callRow(a)).provider_call_id, status: 'COMPLETED' })
+    const post = (query: string) =>
+      stack!.svc.app.inject({
+        method: 'POST',
+        url: `/api/v1/callbacks/call-status?${query}`,
+        payload: body,
+        headers: { 'content-type': 'application/json', 'x-signature': sign(secret, body) },
+      })
+    // A's signed webhook pointed at B: without a token, with A's token, with B's token for another attempt
+    expect((await post(`call=${b}&attempt=1`)).statusCode).toBe(401)
+    expect((await post(`call=${b}&attempt=1&token=${webhookUrlToken(secret, a, 1)}`)).statusCode).toBe(401)
+    expect((await post(`call=${b}&attempt=1&token=${webhookUrlToken(secret, b, 2)}`)).statusCode).toBe(401)
+    // with B's own URL the body still names A's provider call
+    const mismatch = await post(`call=${b}&attempt=1&token=${webhookUrlToken(secret, b, 1)}`)
+    expect(mismatch.statusCode).toBe(409)
+    expect(mismatch.json().error.code).toBe('PROVIDER_CALL_MISMATCH')
+    expect(await callRow(b)).toMatchObject({ status: 'IN_PROGRESS' })
+    // A's webhook at A's URL applies
+    const own = await post(`call=${a}&attempt=1&token=${webhookUrlToken(secret, a, 1)}`)
+    expect(own.json().data.outcome).toBe('applied')
+    expect(await callRow(a)).toMatchObject({ status: 'COMPLETED' })
   })
 })
 
@@ -319,7 +422,7 @@ describe('expiry and timeouts', () => {
   it('frees the slot of a call whose webhook never comes, then takes a late webhook', async () => {
     stack = await startStack(
       t,
-      { MAX_CONCURRENT_CALLS: '1', CALL_TIMEOUT_MS: '1000' },
+      { MAX_CONCURRENT_CALLS: '1', CALL_TIMEOUT_MS: '1000', PROVIDER_TIMEOUT_MS: '500' },
       { callDurationMs: 20, outcomes: { NO_WEBHOOK: 1 } },
     )
     const [silent] = await stack.createCalls(1, () => phone())

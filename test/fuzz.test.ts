@@ -2,18 +2,17 @@ import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
 // Arbitrary and near-valid input to every route that takes a body or a query: never a 5xx, always the error
 // envelope on a 4xx, and a refused request writes nothing.
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance
 let pendingId: string
 
 beforeAll(async () => {
-  t = await createTestDb()
   app = await apiOnly(t)
   const res = await app.inject({
     method: 'POST',
@@ -24,7 +23,6 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await app.close()
-  await t.drop()
 })
 
 const counts = async () => {

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -24,6 +24,8 @@ export default async function setup(project: TestProject) {
   let adminUrl = process.env.TEST_DATABASE_URL
   if (!adminUrl) {
     tmp = await mkdtemp(path.join(os.tmpdir(), 'orchestrator-test-'))
+    // Reachable by the `postgres` user PostgreSQL runs as under root; otherwise the data would move to /var/lib.
+    await chmod(tmp, 0o755)
     embedded = await startEmbeddedDb({
       dir: path.join(tmp, 'pg'),
       port: await freePort(),

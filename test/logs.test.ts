@@ -3,8 +3,8 @@ import { createLogger } from '../src/log.ts'
 import { sign } from '../src/providers/signature.ts'
 import { type Simulator, startSimulator } from '../src/providers/simulator.ts'
 import { type Service, startService } from '../src/service.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { testConfig, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { FAST } from './stack.ts'
 
 // What the service logs at debug level during a run with keys and secrets set: no key, secret or signature, no
@@ -15,13 +15,12 @@ const SECRET = 'whsec-9b2e77'
 const PROVIDER_KEY = 'provider-key-44aa'
 const PHONE = '+966501234567'
 
-let t: TestDb
+const t = useTestDb()
 let sim: Simulator
 let svc: Service
 const lines: string[] = []
 
 beforeAll(async () => {
-  t = await createTestDb()
   sim = await startSimulator({ callDurationMs: 20, webhookSecret: SECRET, apiKey: PROVIDER_KEY })
   const log = createLogger('debug', 'test', { write: (line: string) => void lines.push(line) })
   svc = await startService(
@@ -40,7 +39,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await svc.stop()
   await sim.close()
-  await t.drop()
 })
 
 describe('logs', () => {

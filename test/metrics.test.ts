@@ -1,28 +1,22 @@
 import type { FastifyInstance } from 'fastify'
 import { sql } from 'kysely'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createDb, createPool } from '../src/db/database.ts'
 import { freePort } from '../src/db/embedded.ts'
 import { createMetrics, DIAL_RESULTS, dialResultLabel } from '../src/ops/metrics.ts'
 import { createProvider } from '../src/providers/generic.ts'
-import { sign } from '../src/providers/signature.ts'
+import { sign, webhookUrlToken } from '../src/providers/signature.ts'
 import { type DialFault, startSimulator } from '../src/providers/simulator.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { type Family, parsePrometheusText, sampleValue } from './prometheus-text.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance | undefined
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
   await sql`delete from dispatch_settings`.execute(t.db)
@@ -190,7 +184,7 @@ describe('counters of what this instance did', () => {
       if (signed) headers['x-signature'] = sign(secret, payload)
       return (await stack!.svc.app.inject({ method: 'POST', url, payload, headers })).statusCode
     }
-    const hook = `/api/v1/callbacks/call-status?call=${id}&attempt=1`
+    const hook = `/api/v1/callbacks/call-status?call=${id}&attempt=1&token=${webhookUrlToken(secret, id as string, 1)}`
     expect(await post(hook, { callId: call.provider_call_id, status: 'COMPLETED' })).toBe(200)
     expect(await post(hook, { callId: call.provider_call_id, status: 'RINGING' })).toBe(200)
     expect(await post('/api/v1/callbacks/call-status', { callId: 'nobody', status: 'FAILED' })).toBe(404)
@@ -206,7 +200,11 @@ describe('counters of what this instance did', () => {
   })
 
   it('counts the calls the sweeps time out and expire', async () => {
-    stack = await startStack(t, { CALL_TIMEOUT_MS: '1000' }, { callDurationMs: 0, outcomes: { NO_WEBHOOK: 1 } })
+    stack = await startStack(
+      t,
+      { CALL_TIMEOUT_MS: '1000', PROVIDER_TIMEOUT_MS: '500' },
+      { callDurationMs: 0, outcomes: { NO_WEBHOOK: 1 } },
+    )
     await stack.createCalls(2, () => phone())
     // A call that expired before it could be dialed (set up by hand: the API refuses a past expiresAt).
     await sql`
@@ -225,6 +223,7 @@ describe('dial results, as the provider client reports them', () => {
     ['a 503', { kind: 'error', status: 503 }, 'failed_5xx'],
     ['a 429', { kind: 'throttle', retryAfterSec: 1 }, 'throttled_429'],
     ['a 400', { kind: 'reject', status: 400 }, 'rejected_4xx'],
+    ['a 401', { kind: 'reject', status: 401 }, 'unauthorized'],
     ['no answer within the timeout', { kind: 'hang' }, 'timeout'],
     ['a refused connection', 'closed', 'error'],
   ])('labels %s as %s', async (_what, fault, label) => {

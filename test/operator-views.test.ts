@@ -1,24 +1,18 @@
 import { sql } from 'kysely'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { type CallStatus, STATUSES } from '../src/dispatch/call-state.ts'
 import { maskPhone } from '../src/phone.ts'
 import { readDispatchSettings, saveDispatchSettings } from '../src/sql/settings.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { callIn as seed } from './seed.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
 
 // Migration 0003: the views and functions an operator uses from psql, and the cap the service records for them.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
   await sql`delete from dispatch_settings`.execute(t.db)

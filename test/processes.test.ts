@@ -1,66 +1,23 @@
-import { type ChildProcess, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { sql } from 'kysely'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { type Simulator, startSimulator } from '../src/providers/simulator.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
+import { startServiceProcess, useTestDb, waitAllFinal } from './kit.ts'
 import { dialsPerCall, FAST } from './stack.ts'
 
 // Real service processes (`node src/main.ts`) sharing one database: the cap must hold across them, and a process
 // killed with SIGKILL must lose no call and cause no second dial of an attempt.
 
-let t: TestDb
+const t = useTestDb()
 let sim: Simulator
-const procs: ChildProcess[] = []
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
 afterAll(async () => {
-  for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL')
   await sim?.close()
-  await t.drop()
 })
 
-interface Proc {
-  child: ChildProcess
-  url: string
-  logs: string[]
-}
-
-async function startProcess(env: Record<string, string>): Promise<Proc> {
-  const child = spawn(process.execPath, ['src/main.ts'], {
-    env: {
-      PATH: process.env.PATH,
-      DATABASE_URL: t.url,
-      AI_CALL_API_URL: sim.url,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
-      ...FAST,
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  procs.push(child)
-  const logs: string[] = []
-  let port: number | undefined
-  const ready = new Promise<void>((resolve, reject) => {
-    child.on('exit', (code) => reject(new Error(`process exited (${code}) before it was ready:\n${logs.join('')}`)))
-    child.stdout?.on('data', (chunk: Buffer) => {
-      logs.push(chunk.toString())
-      const m = /"port":(\d+).*call orchestrator ready/.exec(chunk.toString())
-      if (m) {
-        port = Number(m[1])
-        resolve()
-      }
-    })
-    child.stderr?.on('data', (chunk: Buffer) => logs.push(chunk.toString()))
-  })
-  await ready
-  return { child, url: `http://127.0.0.1:${port}`, logs }
-}
+/** A service process on the test database, dialing the current simulator. */
+const startProcess = (env: Record<string, string>) =>
+  startServiceProcess({ DATABASE_URL: t.url, AI_CALL_API_URL: sim.url, ...FAST, ...env })
 
 async function createCalls(url: string, n: number, offset: number): Promise<string[]> {
   const calls = Array.from({ length: n }, (_, i) => ({ to: phone(offset + i), scriptId: 'multi' }))
@@ -73,19 +30,7 @@ async function createCalls(url: string, n: number, offset: number): Promise<stri
   return ((await res.json()) as { data: { ids: string[] } }).data.ids
 }
 
-async function finalStatuses() {
-  await waitFor(
-    'every call to reach a final status',
-    async () => {
-      const { rows } = await sql<{ n: number }>`
-        select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(t.db)
-      return rows[0]?.n === 0
-    },
-    30_000,
-    100,
-  )
-  return t.db.selectFrom('calls').selectAll().execute()
-}
+const finalStatuses = () => waitAllFinal(t.db, 30_000)
 
 describe('several service processes on one database', () => {
   it('keep the global cap across three processes and complete every call', async () => {
@@ -104,12 +49,7 @@ describe('several service processes on one database', () => {
       n: number
     }>`select count(*)::int as n from call_events where kind = 'CLAIMED'`.execute(t.db)
     expect(claimedBy.rows[0]?.n).toBe(ids.length)
-    await Promise.all(
-      all.map(async (p) => {
-        p.child.kill('SIGTERM')
-        await once(p.child, 'exit')
-      }),
-    )
+    await Promise.all(all.map((p) => p.stop()))
     await sim.close()
   }, 60_000)
 
@@ -120,8 +60,7 @@ describe('several service processes on one database', () => {
     const first = await startProcess(env)
     const ids = await createCalls(first.url, 40, 20_000)
     await waitFor('calls in flight', () => sim.stats().accepted >= 8)
-    first.child.kill('SIGKILL')
-    await once(first.child, 'exit')
+    await first.kill()
 
     const second = await startProcess(env)
     const calls = await finalStatuses()
@@ -142,8 +81,7 @@ describe('several service processes on one database', () => {
       const undialedClaim = c.last_error?.code === 'CALL_TIMEOUT' && keys.length === c.attempts - 1
       if (!undialedClaim) expect(keys.length).toBe(c.attempts)
     }
-    second.child.kill('SIGTERM')
-    await once(second.child, 'exit')
+    await second.stop()
     await sim.close()
   }, 60_000)
 
@@ -162,10 +100,7 @@ describe('several service processes on one database', () => {
       t.db,
     )
     expect(jobs.rows[0]?.n).toBeGreaterThanOrEqual(1)
-    for (const p of [api, worker]) {
-      p.child.kill('SIGTERM')
-      await once(p.child, 'exit')
-    }
+    await Promise.all([api.stop(), worker.stop()])
     await sim.close()
   }, 60_000)
 })

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -20,6 +20,7 @@ export interface BenchDb {
 
 export async function startBenchDb(settings: Record<string, string> = {}): Promise<BenchDb> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'orchestrator-bench-'))
+  await chmod(tmp, 0o755) // reachable by the `postgres` user when run as root
   let embedded: EmbeddedDb
   try {
     embedded = await startEmbeddedDb({

@@ -24,6 +24,8 @@ export interface CallsTable {
   last_error: { code: string; message: string } | null
   last_outcome: Generated<ProviderFinal | null>
   reported_attempt: Generated<number | null>
+  throttles: Generated<number>
+  throttled_since: Timestamp | null
   provider_call_id: string | null
   next_attempt_at: DefaultTimestamp
   created_at: DefaultTimestamp
@@ -130,7 +132,49 @@ export type Database = Kysely<DB>
  * fill the server's memory. After a migration changes a table's columns, PostgreSQL refuses a prepared `select *`
  * once ("cached plan must not change result type", 0A000); the text then gets a new name and is prepared afresh.
  */
-class PreparingClient extends pg.Client {
+/**
+ * A half-open connection (the server or the network gone without a reset) answers nothing, and TCP keep-alive
+ * notices only after minutes. statement_timeout bounds every statement on the server; a query still unanswered a
+ * little after it means nobody is there, so the socket is destroyed: the query fails with "Connection terminated"
+ * (callers that write retry it), the pool drops the client, and the next query opens a fresh connection.
+ */
+export class GuardedClient extends pg.Client {
+  stallMs = 0
+
+  // biome-ignore lint/suspicious/noExplicitAny: pg.Client's constructor config
+  constructor(config?: any) {
+    super(config)
+    // A connection lost while a client is checked out (a restart, a dropped stall) fails its query, and pg then also
+    // emits 'error' on the client, which pg-pool listens to only while the client is idle: without this listener
+    // that second report would crash the process.
+    this.on('error', () => {})
+  }
+
+  // biome-ignore lint/suspicious/noExplicitAny: pg.Client.query's overloads
+  override query(config: any, values?: any, callback?: any): any {
+    return this.guard(super.query(config, values, callback))
+  }
+
+  // biome-ignore lint/suspicious/noExplicitAny: whatever pg returned
+  protected guard(result: any): any {
+    if (!this.stallMs || !(result instanceof Promise)) return result
+    const timer = setTimeout(() => {
+      // No error object: a socket destroyed with one throws it as an uncaught exception past pg's handlers.
+      ;(this as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy()
+    }, this.stallMs)
+    timer.unref()
+    return result.finally(() => clearTimeout(timer))
+  }
+}
+
+/** A GuardedClient class whose connections are dropped after `stallMs` without an answer (for pg-boss's pool). */
+export function guardedClientClass(stallMs: number): typeof pg.Client {
+  return class extends GuardedClient {
+    override stallMs = stallMs
+  }
+}
+
+class PreparingClient extends GuardedClient {
   // biome-ignore lint/suspicious/noExplicitAny: pg.Client.query's overloads
   override query(config: any, values?: any, callback?: any): any {
     if (typeof config !== 'string' || !Array.isArray(values) || values.length === 0 || callback !== undefined) {
@@ -138,7 +182,7 @@ class PreparingClient extends pg.Client {
     }
     const name = statementName(config)
     if (!name) return super.query(config, values)
-    return super.query({ name, text: config, values }).catch((err: { code?: string }) => {
+    return (super.query({ name, text: config, values }) as Promise<unknown>).catch((err: { code?: string }) => {
       if (err.code === '0A000') statementNames.set(config, `${name.split('_')[0]}_${++renames}`)
       throw err
     })
@@ -158,8 +202,47 @@ function statementName(text: string): string | undefined {
   return name
 }
 
-export function createPool(connectionString: string, max: number): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, application_name: 'call-orchestrator', Client: PreparingClient })
+export interface PoolOptions {
+  /** PostgreSQL's statement_timeout for this pool's sessions; a query unanswered a little longer drops its socket. */
+  statementTimeoutMs?: number
+}
+
+/** Connection settings shared by the service pool and pg-boss's: they decide how a dead connection is noticed. */
+export function connectionSettings(o: PoolOptions) {
+  return {
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
+    connectionTimeoutMillis: 10_000,
+    ...(o.statementTimeoutMs ? { statement_timeout: o.statementTimeoutMs } : {}),
+  }
+}
+
+/** pg-boss's pool: the same settings, and a client class that drops stalled connections. */
+export function queueConnectionSettings(o: PoolOptions) {
+  return {
+    ...connectionSettings(o),
+    ...(o.statementTimeoutMs ? { Client: guardedClientClass(stallMsFor(o.statementTimeoutMs)) } : {}),
+  }
+}
+
+export function stallMsFor(statementTimeoutMs: number): number {
+  return statementTimeoutMs + Math.min(statementTimeoutMs, 5000)
+}
+
+export function createPool(connectionString: string, max: number, o: PoolOptions = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString,
+    max,
+    application_name: 'call-orchestrator',
+    Client: PreparingClient,
+    ...connectionSettings(o),
+  })
+  if (o.statementTimeoutMs) {
+    const stallMs = stallMsFor(o.statementTimeoutMs)
+    pool.on('connect', (client) => {
+      ;(client as unknown as GuardedClient).stallMs = stallMs
+    })
+  }
   // An idle client that loses its server (PostgreSQL restarted) emits 'error' on the pool; without a listener
   // Node would crash. The next query simply gets a fresh connection.
   pool.on('error', () => {})

@@ -58,8 +58,11 @@ export const CALL_ERRORS = {
   busy: 'BUSY',
   noAnswer: 'NO_ANSWER',
   voicemail: 'VOICEMAIL',
-  dialError: 'DIAL_ERROR', // 5xx, timeout or connection error while dialing
-  dialRejected: 'DIAL_REJECTED', // a 4xx other than 429: the provider will never accept this call
+  dialError: 'DIAL_ERROR', // a 5xx, or no connection: the call was not placed
+  dialRejected: 'DIAL_REJECTED', // a 4xx other than 401, 403, 429: the provider will never accept this call
+  dialUnknown: 'DIAL_UNKNOWN', // sent without a usable answer: the call may have been placed (history only)
+  providerBusy: 'PROVIDER_BUSY', // 429; a failed attempt once the call has been throttled for THROTTLE_MAX_MS
+  providerUnauthorized: 'PROVIDER_UNAUTHORIZED', // 401/403: our credentials; no attempt spent
   timeout: 'CALL_TIMEOUT', // no final webhook within CALL_TIMEOUT_MS
 } as const
 
@@ -67,6 +70,21 @@ export interface RetryPolicy {
   maxAttempts: number
   retryBaseDelayMs: number
   retryMaxDelayMs: number
+  /** A call throttled (429) for longer than this spends an attempt on each further 429. */
+  throttleMaxMs: number
+}
+
+/**
+ * Throttling has a schedule of its own: a 429 (or a provider outage) puts the call back for at least
+ * THROTTLE_FLOOR_MS, doubling with each consecutive 429 up to THROTTLE_CEILING_MS, and longer when Retry-After says
+ * so. Without a floor, `Retry-After: 0` re-dialed one call 230 times in 2 s.
+ */
+export const THROTTLE_FLOOR_MS = 1000
+export const THROTTLE_CEILING_MS = 60_000
+
+export function throttleDelayMs(throttles: number, retryAfterMs: number | undefined, random = Math.random): number {
+  const nominal = Math.min(THROTTLE_CEILING_MS, THROTTLE_FLOOR_MS * 2 ** Math.min(Math.max(0, throttles), 16))
+  return Math.max(retryAfterMs ?? 0, Math.round(nominal / 2 + (nominal / 2) * random()), THROTTLE_FLOOR_MS)
 }
 
 /**
@@ -81,7 +99,7 @@ export function retryDelayMs(policy: RetryPolicy, attempt: number, random = Math
 
 export type AttemptEnd =
   | { next: 'COMPLETED' }
-  | { next: 'PENDING'; delayMs: number; spendsAttempt: boolean; error: CallError }
+  | { next: 'PENDING'; delayMs: number; spendsAttempt: boolean; throttled: boolean; error: CallError }
   | { next: 'FAILED'; error: CallError }
 
 export interface CallError {
@@ -89,18 +107,31 @@ export interface CallError {
   message: string
 }
 
+/** What ended an attempt, as call-state sees it: a provider report, or a dial's answer. */
+export type AttemptOutcome =
+  | { kind: 'completed' }
+  | { kind: 'failed'; error: CallError }
+  | { kind: 'rejected'; error: CallError }
+  | { kind: 'unauthorized'; error: CallError; pauseMs: number }
+  | {
+      kind: 'throttled'
+      retryAfterMs: number | undefined
+      error: CallError
+      /** Consecutive 429s of this call before this one, and how long it has been throttled. */
+      throttles: number
+      throttledForMs: number
+    }
+
 /**
- * What happens to a call when attempt `attempt` ends. A failed attempt (FAILED, BUSY, NO_ANSWER webhooks and dial
- * errors) is retried while attempts remain; a permanent rejection is not; a 429 does not spend the attempt.
+ * The next status of a call whose attempt `attempt` ended with `outcome`. A failed attempt (FAILED, BUSY, NO_ANSWER,
+ * VOICEMAIL webhooks, 5xx) is retried while attempts remain; a permanent rejection is not. A 429 and a provider
+ * outage (401/403) do not spend the attempt, until the call has been throttled for throttleMaxMs: the provider has
+ * then been refusing it long enough for the retry budget to decide.
  */
-export function endAttempt(
+export function decideAttemptEnd(
   policy: RetryPolicy,
   attempt: number,
-  outcome:
-    | { kind: 'completed' }
-    | { kind: 'failed'; error: CallError }
-    | { kind: 'rejected'; error: CallError }
-    | { kind: 'throttled'; retryAfterMs: number | undefined; error: CallError },
+  outcome: AttemptOutcome,
   random = Math.random,
 ): AttemptEnd {
   switch (outcome.kind) {
@@ -108,11 +139,16 @@ export function endAttempt(
       return { next: 'COMPLETED' }
     case 'rejected':
       return { next: 'FAILED', error: outcome.error }
+    case 'unauthorized':
+      return { next: 'PENDING', delayMs: outcome.pauseMs, spendsAttempt: false, throttled: false, error: outcome.error }
     case 'throttled':
+      if (outcome.throttledForMs >= policy.throttleMaxMs)
+        return decideAttemptEnd(policy, attempt, { kind: 'failed', error: outcome.error }, random)
       return {
         next: 'PENDING',
-        delayMs: outcome.retryAfterMs ?? retryDelayMs(policy, Math.max(1, attempt), random),
+        delayMs: throttleDelayMs(outcome.throttles, outcome.retryAfterMs, random),
         spendsAttempt: false,
+        throttled: true,
         error: outcome.error,
       }
     case 'failed':
@@ -121,6 +157,7 @@ export function endAttempt(
         next: 'PENDING',
         delayMs: retryDelayMs(policy, attempt, random),
         spendsAttempt: true,
+        throttled: false,
         error: outcome.error,
       }
   }

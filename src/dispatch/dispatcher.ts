@@ -1,14 +1,13 @@
 import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
-import { coalesce } from '../db/coalesce.ts'
 import type { Call, DB } from '../db/database.ts'
 import type { DialResult, Provider } from '../providers/generic.ts'
-import { type AcceptedDial, type EndAttemptResult, recordDialsAccepted } from '../sql/attempts.ts'
+import type { EndAttemptResult } from '../sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
+import { readDispatchSettings } from '../sql/settings.ts'
 import { expireOverdueCalls, timeOutSilentCalls } from '../sql/sweep.ts'
-import { type AttemptEnd, endAttempt as decideEnd, type RetryPolicy } from './call-state.ts'
-import { settleAttempt } from './settle.ts'
-import type { Wakeup } from './wakeup.ts'
+import { type AttemptEnd, decideAttemptEnd, type RetryPolicy } from './call-state.ts'
+import type { Recorder } from './recorder.ts'
 
 // The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),
 // so any number of processes can run this loop against one database. notify() cuts the idle wait short when a
@@ -17,7 +16,7 @@ import type { Wakeup } from './wakeup.ts'
 export interface DispatcherOptions {
   db: Kysely<DB>
   provider: Provider
-  wakeup: Wakeup
+  recorder: Recorder
   log: Logger
   policy: RetryPolicy
   maxConcurrentCalls: number
@@ -31,17 +30,25 @@ export interface DispatcherOptions {
   onDial?: (result: DialResult, elapsedMs: number) => void
   onAttemptEnd?: (end: AttemptEnd, result: EndAttemptResult) => void
   onSweep?: (expired: number, timedOut: number) => void
+  /** The provider refused our credentials: dialing pauses for pauseMs. */
+  onProviderUnauthorized?: (pauseMs: number) => void
 }
 
 export interface Dispatcher {
   start(): void
   notify(): void
-  /** Stops claiming, waits for dials in flight to be recorded (up to timeoutMs), then resolves. */
+  /** Stops claiming at once, then waits for dials in flight to be recorded (up to timeoutMs). */
   stop(timeoutMs?: number): Promise<void>
   readonly inFlight: number
 }
 
 const DUE_RECHECK_MS = 250
+const SETTINGS_RECHECK_MS = 60_000
+/** After a 401/403 every dial would be refused the same way: dialing pauses, doubling up to five minutes. */
+const UNAUTHORIZED_FIRST_PAUSE_MS = 2000
+const UNAUTHORIZED_MAX_PAUSE_MS = 5 * 60_000
+/** After a 429 this process waits before its next claim, so a provider at capacity is not met by the next call. */
+const THROTTLED_PAUSE_MS = 250
 
 export function createDispatcher(o: DispatcherOptions): Dispatcher {
   const maxInFlight = o.maxInFlightDials ?? 256
@@ -52,10 +59,9 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   let wanted = false // a notify() arrived while a pass was running: run another right away
   let wake: (() => void) | undefined
   let lastSweep = 0
-  const recordAccepted = coalesce(async (dials: AcceptedDial[]) => {
-    await recordDialsAccepted(o.db, dials)
-    return dials.map(() => undefined)
-  })
+  let lastSettingsCheck = 0
+  let pausedUntil = 0 // performance.now() before which this process claims nothing
+  let unauthorizedRun = 0
 
   function notify() {
     wanted = true
@@ -68,11 +74,26 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
     o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
+    if (Date.now() - lastSettingsCheck >= SETTINGS_RECHECK_MS) {
+      lastSettingsCheck = Date.now()
+      const saved = await readDispatchSettings(o.db)
+      if (saved && saved.maxConcurrentCalls !== o.maxConcurrentCalls) {
+        o.log.warn(
+          { ours: o.maxConcurrentCalls, saved: saved.maxConcurrentCalls },
+          'MAX_CONCURRENT_CALLS differs between instances on this database: each claim keeps its own cap, so the effective cap is the largest; give every instance the same value',
+        )
+      }
+    }
+  }
+
+  function pause(ms: number) {
+    pausedUntil = Math.max(pausedUntil, performance.now() + ms)
   }
 
   /** One sweep-claim-dial round; true when it took as many calls as it asked for, so more may be waiting. */
   async function pass(): Promise<boolean> {
     if (Date.now() - lastSweep >= o.sweepIntervalMs) await sweep()
+    if (performance.now() < pausedUntil) return false
     const asked = maxInFlight - inFlight.size
     const calls = await claimDueCalls(o.db, o.maxConcurrentCalls, asked)
     for (const call of calls) {
@@ -95,35 +116,86 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     })
     o.onDial?.(result, performance.now() - started)
     try {
-      if (result.kind === 'accepted') {
-        await recordAccepted({ callId: call.id, attempt, providerCallId: result.providerCallId })
-        return
-      }
-      const end = decideEnd(o.policy, attempt, result)
-      const eventKind = ({ failed: 'DIAL_FAILED', rejected: 'DIAL_REJECTED', throttled: 'DIAL_THROTTLED' } as const)[
-        result.kind
-      ]
-      const settled = await settleAttempt(o.db, o.wakeup, {
-        callId: call.id,
-        attempt,
-        end,
-        eventKind,
-        detail: { error: result.error },
-      })
-      o.onAttemptEnd?.(end, settled)
-      o.log.warn(
-        { callId: call.id, attempt, result: result.kind, next: settled.status, error: result.error.message },
-        'dial not accepted',
-      )
+      await record(call, result)
     } catch (err) {
-      // The database is unreachable: the call keeps its slot and CALL_TIMEOUT settles it, or the webhook does.
+      // Only after the recorder's patience (the call's timeout) ran out, or at shutdown: the slot is still held, and
+      // the timeout sweep, a webhook or reconciliation ends the attempt.
       o.log.error({ err, callId: call.id, attempt }, 'could not record dial result')
     }
   }
 
+  async function record(call: Call, result: DialResult) {
+    const attempt = call.attempts
+    switch (result.kind) {
+      case 'accepted':
+        unauthorizedRun = 0
+        return o.recorder.dialAccepted({ callId: call.id, attempt, providerCallId: result.providerCallId })
+      case 'unknown':
+        o.log.warn(
+          { callId: call.id, attempt, error: result.error.message },
+          'dial outcome unknown: keeping the slot until the provider reports, never dialing this attempt again',
+        )
+        return o.recorder.dialUnknown(call.id, attempt, result.error)
+      case 'unauthorized': {
+        // The other dials of the same claim are refused alike: only the first refusal after a pause lengthens it.
+        if (performance.now() >= pausedUntil) {
+          unauthorizedRun++
+          pause(Math.min(UNAUTHORIZED_MAX_PAUSE_MS, UNAUTHORIZED_FIRST_PAUSE_MS * 2 ** (unauthorizedRun - 1)))
+          o.onProviderUnauthorized?.(pausedUntil - performance.now())
+          o.log.error(
+            {
+              error: result.error.message,
+              pauseMs: Math.round(pausedUntil - performance.now()),
+              refusals: unauthorizedRun,
+            },
+            'the provider refused our credentials (check AI_CALL_API_KEY): dialing paused, no attempt spent',
+          )
+        }
+        const pauseMs = Math.max(0, Math.round(pausedUntil - performance.now()))
+        return end(call, { kind: 'unauthorized', error: result.error, pauseMs }, 'DIAL_UNAUTHORIZED')
+      }
+      case 'throttled':
+        pause(THROTTLED_PAUSE_MS)
+        return end(
+          call,
+          {
+            ...result,
+            throttles: call.throttles,
+            throttledForMs: call.throttled_since ? Date.now() - new Date(call.throttled_since).getTime() : 0,
+          },
+          'DIAL_THROTTLED',
+        )
+      case 'failed':
+        return end(call, result, 'DIAL_FAILED')
+      case 'rejected':
+        return end(call, result, 'DIAL_REJECTED')
+    }
+  }
+
+  async function end(
+    call: Call,
+    outcome: Parameters<typeof decideAttemptEnd>[2] & { error: { code: string; message: string } },
+    eventKind: 'DIAL_UNAUTHORIZED' | 'DIAL_THROTTLED' | 'DIAL_FAILED' | 'DIAL_REJECTED',
+  ) {
+    const attempt = call.attempts
+    const decided = decideAttemptEnd(o.policy, attempt, outcome)
+    const settled = await o.recorder.settle({
+      callId: call.id,
+      attempt,
+      end: decided,
+      eventKind,
+      detail: { error: outcome.error },
+    })
+    o.onAttemptEnd?.(decided, settled)
+    o.log.warn(
+      { callId: call.id, attempt, result: outcome.kind, next: settled.status, error: outcome.error.message },
+      'dial not accepted',
+    )
+  }
+
   // When the next retry is due (performance.now() clock; undefined: none within pollMs), as last read. Under load
   // the loop idles between bursts dozens of times a second, and a read per pause was one statement in seven in the
-  // slot benchmark; retries this process schedules wake it by themselves (queue.ts, dueLater), so a reading a quarter
+  // slot benchmark; retries this process schedules wake it by themselves (wakeup.ts, dueLater), so a reading a quarter
   // of a second old only delays the retries of other processes, and by less than their pg-boss wake-up would.
   let nextDue: { at: number | undefined; readAt: number } | undefined
 
@@ -137,7 +209,8 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
         return pollMs
       }
     }
-    return nextDue.at === undefined ? pollMs : Math.min(pollMs, Math.max(0, nextDue.at - now) + 5)
+    const dueIn = nextDue.at === undefined ? pollMs : Math.min(pollMs, Math.max(0, nextDue.at - now) + 5)
+    return Math.max(dueIn, pausedUntil - now)
   }
 
   async function loop() {
@@ -180,6 +253,8 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     },
     notify,
     async stop(timeoutMs = 10_000) {
+      // No claim starts after this line: a pass already running finishes its claim (the claimed calls are dialed
+      // and recorded like any other in flight), and the loop ends.
       running = false
       wake?.()
       await loopDone

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely'
 import { fromKysely, PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
-import type { DB } from '../db/database.ts'
+import { type DB, queueConnectionSettings } from '../db/database.ts'
 
 // pg-boss carries wake-ups for the dispatchers: "calls may be due" now (published in the same transaction as the
 // rows, so there is no wake-up without its rows and no rows without a wake-up) or at a retry's next_attempt_at.
@@ -18,10 +18,15 @@ export const QUEUES = {
   },
 } as const
 
-export async function startQueue(connectionString: string, log: Logger): Promise<PgBoss> {
+export async function startQueue(
+  connectionString: string,
+  log: Logger,
+  o: { statementTimeoutMs?: number } = {},
+): Promise<PgBoss> {
   const boss = new PgBoss({
     connectionString,
     max: 4,
+    ...queueConnectionSettings(o),
     useListenNotify: true,
     // Expired jobs are retried on the monitor's pass (default every 60 s): a client webhook job fetched by a process
     // that died before leasing its delivery waits for it (src/notify/delivery.ts).

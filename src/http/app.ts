@@ -4,10 +4,12 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify'
+import { createRecorder } from '../dispatch/recorder.ts'
 import { createMetrics } from '../ops/metrics.ts'
 import { installAuth } from './auth.ts'
 import type { AppDeps } from './deps.ts'
 import { apiError, ErrorResponse, errorBody, FRAMEWORK_ERRORS } from './errors.ts'
+import { documentRoutes, swaggerOptions } from './openapi.ts'
 import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
@@ -83,26 +85,29 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   await installAuth(app, deps.config)
 
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.1.0',
-      info: {
-        title: 'AI Call Orchestrator',
-        version: '0.1.0',
-        description:
-          'Queue outbound AI calls; the service dials them under a global concurrency cap and settles them from provider webhooks.',
-      },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
-      security: deps.config.apiKeys.length > 0 ? [{ bearer: [] }] : [],
-    },
-    refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string) ?? `def-${i}` },
+  // After installAuth's own onRoute hook, which gives a route without `security` the bearer one this documents.
+  app.addHook('onRoute', documentRoutes())
+  await app.register(swagger, swaggerOptions(deps.config))
+  // The docs page and its files are open; they are registered in a scope of their own to say so.
+  await app.register(async (docs) => {
+    docs.addHook('onRoute', (route) => {
+      route.schema = { ...route.schema, security: [] }
+    })
+    await docs.register(swaggerUi, { routePrefix: '/docs' })
   })
-  await app.register(swaggerUi, { routePrefix: '/docs' })
 
   const routeDeps = {
     ...deps,
     metrics:
       deps.metrics ?? createMetrics({ db: deps.db, maxConcurrentCalls: deps.config.dispatch.maxConcurrentCalls }),
+    recorder:
+      deps.recorder ??
+      createRecorder({
+        db: deps.db,
+        wakeup: deps.wakeup,
+        log: deps.log,
+        patienceMs: deps.config.dispatch.callTimeoutMs,
+      }),
   }
   if (deps.clientApi !== false) {
     await app.register(callRoutes, routeDeps)

@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
 import type { Config } from '../config.ts'
 import type { DB } from '../db/database.ts'
+import type { Recorder } from '../dispatch/recorder.ts'
 import type { Wakeup } from '../dispatch/wakeup.ts'
 import type { DeliveryJob } from '../notify/sql.ts'
 import type { Metrics } from '../ops/metrics.ts'
@@ -13,6 +14,8 @@ export interface AppDeps {
   db: Kysely<DB>
   log: Logger
   wakeup: Wakeup
+  /** Ends attempts from provider reports; shared with the dispatcher (service.ts). buildApp makes one when none is given. */
+  recorder?: Recorder
   /** False on ROLE=worker: only health, metrics and webhooks are served. */
   clientApi?: boolean
   /** Prometheus registry and event observer; buildApp makes its own when none is given. */

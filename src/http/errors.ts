@@ -1,7 +1,7 @@
 import { Type } from 'typebox'
 
-// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes return errors as
-// values through replyError(); the app's error handler maps everything else (validation, bad JSON, crashes).
+// The one error envelope of the API: {success: false, error: {code, message, details?}}. Routes send the errors they
+// expect with errorBody(apiError(...)); the app's error handler maps everything else (validation, bad JSON, crashes).
 
 export const ErrorResponse = Type.Object(
   {
@@ -16,6 +16,9 @@ export const ErrorResponse = Type.Object(
 )
 
 export const errorRef = Type.Ref('ErrorResponse')
+
+/** A response of the error envelope; the description is what the document says the status means for the route. */
+export const errorResponse = (description: string) => Type.Ref('ErrorResponse', { description })
 
 export interface ApiError {
   status: number

@@ -15,7 +15,16 @@ import { registerWebhookMetrics } from './webhook-metrics.ts'
 //   a second, so every instance reports the same numbers: aggregate them with max(), not sum();
 // - counters and histograms of what happened in this process (dials, webhooks, retries, sweeps): sum() them.
 
-export const DIAL_RESULTS = ['accepted', 'failed_5xx', 'throttled_429', 'timeout', 'rejected_4xx', 'error'] as const
+export const DIAL_RESULTS = [
+  'accepted',
+  'failed_5xx',
+  'throttled_429',
+  'unauthorized',
+  'rejected_4xx',
+  'timeout',
+  'unknown',
+  'error',
+] as const
 export type DialLabel = (typeof DIAL_RESULTS)[number]
 
 export const WEBHOOK_OUTCOMES = [
@@ -25,6 +34,7 @@ export const WEBHOOK_OUTCOMES = [
   'stale',
   'progress',
   'unknown',
+  'mismatch',
   'bad_signature',
 ] as const
 export type WebhookOutcome = (typeof WEBHOOK_OUTCOMES)[number]
@@ -210,7 +220,10 @@ export function createMetrics(o: MetricsOptions): Metrics {
   }
 }
 
-/** provider.ts folds 5xx, timeouts and socket errors into 'failed'; its messages tell them apart. */
+/**
+ * 'failed' is a 5xx or a connection that never opened; 'unknown' a dial that was sent without a usable answer (a
+ * timeout, a reset, a 2xx without a call id); the provider client's messages tell them apart.
+ */
 export function dialResultLabel(r: DialResult): DialLabel {
   switch (r.kind) {
     case 'accepted':
@@ -219,12 +232,12 @@ export function dialResultLabel(r: DialResult): DialLabel {
       return 'throttled_429'
     case 'rejected':
       return 'rejected_4xx'
-    case 'failed': {
-      const status = /provider answered (\d{3})/.exec(r.error.message)?.[1]
-      if (status?.startsWith('5')) return 'failed_5xx'
-      if (r.error.message.includes('did not answer within')) return 'timeout'
-      return 'error'
-    }
+    case 'unauthorized':
+      return 'unauthorized'
+    case 'unknown':
+      return r.error.message.includes('did not answer within') ? 'timeout' : 'unknown'
+    case 'failed':
+      return /provider answered 5\d\d/.test(r.error.message) ? 'failed_5xx' : 'error'
   }
 }
 

@@ -35,3 +35,23 @@ export function verify(
   const matched = candidates.some((c) => timingSafeEqual(Buffer.from(c), expected))
   return matched ? { ok: true } : { ok: false, reason: 'mismatch' }
 }
+
+/**
+ * The token our webhook URL carries beside `call` and `attempt`: the provider signs the body, not our query string,
+ * so without it a signed webhook could be pointed at another call. 128 bits of HMAC-SHA256, base64url.
+ */
+export function webhookUrlToken(secret: string, callId: string, attempt: number): string {
+  return createHmac('sha256', secret).update(`webhook-url:${callId}:${attempt}`).digest('base64url').slice(0, 22)
+}
+
+export function verifyWebhookUrlToken(
+  secret: string,
+  callId: string | undefined,
+  attempt: number | undefined,
+  token: string | undefined,
+): boolean {
+  if (!callId || !attempt || !token) return false
+  const expected = Buffer.from(webhookUrlToken(secret, callId, attempt))
+  const given = Buffer.from(token)
+  return given.length === expected.length && timingSafeEqual(given, expected)
+}

@@ -18,6 +18,7 @@ export type DialFault =
   | { kind: 'reject'; status?: number } // 4xx (default 400) permanent rejection
   | { kind: 'slow'; delayMs: number } // wait delayMs before answering 202 (the call then proceeds normally)
   | { kind: 'hang' } // never answer (socket left open until close())
+  | { kind: 'no_call_id' } // place the call but answer 202 {"id": ...}: a dial whose outcome the client cannot know
 
 export interface SimulatorOptions {
   port?: number // 0 = ephemeral (default 0)
@@ -28,6 +29,8 @@ export interface SimulatorOptions {
   outcomes?: Partial<Record<SimOutcome, number>> // weights, default { COMPLETED: 1 }
   progressEvents?: boolean
   webhookRetry?: { attempts: number; baseDelayMs: number }
+  /** Awaited before each dial is answered (tests use it to break something at exactly that moment). */
+  beforeAnswer?: (rec: DialRecord) => Promise<void> | void
   logger?: { info: (obj: object, msg?: string) => void; warn: (obj: object, msg?: string) => void }
 }
 
@@ -60,7 +63,9 @@ export interface Simulator {
   stats(): SimulatorStats
   resetStats(): void
   configure(
-    patch: Partial<Pick<SimulatorOptions, 'callDurationMs' | 'outcomes' | 'progressEvents'>> & { fault?: DialFault },
+    patch: Partial<Pick<SimulatorOptions, 'callDurationMs' | 'outcomes' | 'progressEvents' | 'beforeAnswer'>> & {
+      fault?: DialFault
+    },
   ): void
   /** Resolves when no call is active and no webhook delivery is pending (or rejects after timeoutMs). */
   idle(timeoutMs?: number): Promise<void>
@@ -85,6 +90,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     drawOutcome: outcomePicker(options.outcomes ?? { COMPLETED: 1 }),
     progressEvents: options.progressEvents ?? false,
     fault: { kind: 'none' } as DialFault,
+    beforeAnswer: options.beforeAnswer as SimulatorOptions['beforeAnswer'],
   }
   const retry = options.webhookRetry ?? { attempts: 6, baseDelayMs: 100 }
   const log = options.logger
@@ -222,6 +228,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     rec.to = dial.to
     if (!rec.idempotencyKey) return answer(res, rec, 400, { error: 'the Idempotency-Key header is required' })
 
+    await settings.beforeAnswer?.(rec)
     const fault = settings.fault
     if (fault.kind === 'error') return answer(res, rec, fault.status, { error: 'simulated provider error' })
     if (fault.kind === 'throttle') {
@@ -264,7 +271,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     rec.status = 202
     if (res.destroyed) return start()
     res.once('close', start)
-    send(res, 202, { callId }, {}, start)
+    send(res, 202, fault.kind === 'no_call_id' ? { id: callId } : { callId }, {}, start)
   }
 
   const server = http.createServer((req, res) => {
@@ -310,6 +317,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       if (patch.outcomes) settings.drawOutcome = outcomePicker(patch.outcomes)
       if (patch.progressEvents !== undefined) settings.progressEvents = patch.progressEvents
       if (patch.fault) settings.fault = patch.fault
+      if ('beforeAnswer' in patch) settings.beforeAnswer = patch.beforeAnswer
     },
     idle(timeoutMs = 30_000) {
       if (pending === 0) return Promise.resolve()

@@ -5,9 +5,9 @@ import type { Call, DB } from '../db/database.ts'
 //
 // Every claim runs under one transaction-scoped advisory lock, so claims happen one at a time. The claim statement
 // takes its snapshot after the lock is granted, and under READ COMMITTED it therefore sees every earlier claimer's
-// committed rows: count(IN_PROGRESS) is exact and the cap cannot be overshot (measured in shared/notes/stack-facts.md
-// §2.2: pg-boss's unlocked groupConcurrency overshot a cap of 30 by up to 20; under this lock it was exact every
-// round). Freeing a slot needs no lock: it only lowers the count.
+// committed rows: count(IN_PROGRESS) is exact and the cap cannot be overshot (measured when the design was chosen:
+// pg-boss's unlocked groupConcurrency overshot a cap of 30 by up to 20 with 8 instances; under this lock it was exact
+// every round; docs/design.md). Freeing a slot needs no lock: it only lowers the count.
 //
 // Invariant: never two IN_PROGRESS calls to one phone. The claim skips phones that have one and takes one call per
 // phone; the partial unique index calls_one_live_call_per_phone enforces it regardless of this code.
@@ -15,10 +15,33 @@ import type { Call, DB } from '../db/database.ts'
 // Lock and claim are the function claim_due_calls (db/migrations/0004), called in one round trip; as a transaction
 // (begin, lock, claim, commit) a claim took four, each a socket write and a wake-up on both sides.
 
+// Both invariants need READ COMMITTED: the function's statements must each see what committed before the lock was
+// granted. Under a database whose default_transaction_isolation is REPEATABLE READ or SERIALIZABLE the whole claim
+// would share one snapshot taken before the lock, and most claims failed with serialization errors. Such a database
+// gets the claim inside an explicit READ COMMITTED transaction (three round trips instead of one).
+
 export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): Promise<Call[]> {
   if (max <= 0) return []
-  const { rows } = await sql<Call>`select * from claim_due_calls(${cap}::int, ${max}::int)`.execute(db)
-  return rows
+  const claim = (q: Kysely<DB>) => sql<Call>`select * from claim_due_calls(${cap}::int, ${max}::int)`.execute(q)
+  if (await defaultIsReadCommitted(db)) return (await claim(db)).rows
+  return db
+    .transaction()
+    .setIsolationLevel('read committed')
+    .execute(async (trx) => (await claim(trx)).rows)
+}
+
+const readCommittedByDefault = new WeakMap<Kysely<DB>, Promise<boolean>>()
+
+function defaultIsReadCommitted(db: Kysely<DB>): Promise<boolean> {
+  let known = readCommittedByDefault.get(db)
+  if (!known) {
+    known = sql<{ level: string }>`select current_setting('default_transaction_isolation') as level`
+      .execute(db)
+      .then(({ rows }) => rows[0]?.level === 'read committed')
+    known.catch(() => readCommittedByDefault.delete(db))
+    readCommittedByDefault.set(db, known)
+  }
+  return known
 }
 
 /**

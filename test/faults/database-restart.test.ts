@@ -1,13 +1,13 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { sql } from 'kysely'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createDb, createPool } from '../../src/db/database.ts'
 import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/db/embedded.ts'
 import { type Simulator, startSimulator } from '../../src/providers/simulator.ts'
 import { type Service, startService } from '../../src/service.ts'
 import { log, phone, testConfig, waitFor } from '../helpers.ts'
+import { waitAllFinal } from '../kit.ts'
 import { dialsPerCall, FAST } from '../stack.ts'
 
 // PostgreSQL stops in the middle of a run and comes back: /health says 503 meanwhile, the service recovers by
@@ -28,6 +28,7 @@ afterAll(async () => {
 describe('a PostgreSQL restart', () => {
   it('is survived without losing a call', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'orchestrator-restart-'))
+    await chmod(dir, 0o755) // reachable by the `postgres` user when run as root
     const port = await freePort()
     const start = () =>
       startEmbeddedDb({ dir: path.join(dir as string, 'pg'), port, database: 'restart', persistent: true })
@@ -55,17 +56,7 @@ describe('a PostgreSQL restart', () => {
 
     const db = createDb(createPool(pg.url, 2))
     try {
-      await waitFor(
-        'every call to reach a final status',
-        async () => {
-          const { rows } = await sql<{ n: number }>`
-            select count(*)::int as n from calls where status in ('PENDING', 'IN_PROGRESS')`.execute(db)
-          return rows[0]?.n === 0
-        },
-        40_000,
-        200,
-      )
-      const rows = await db.selectFrom('calls').selectAll().execute()
+      const rows = await waitAllFinal(db, 40_000)
       expect(rows).toHaveLength(40)
       const dials = dialsPerCall(sim)
       for (const c of rows) {

@@ -1,17 +1,16 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from '../db.ts'
 import { phone, waitFor } from '../helpers.ts'
+import { useTestDb } from '../kit.ts'
 import { dialsPerCall, type Stack, startStack } from '../stack.ts'
 
 // The provider answers 503 to every dial for a while, then recovers: calls retry with backoff, none exceeds
 // MAX_RETRY_ATTEMPTS, and every call ends COMPLETED or FAILED with a reason.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack
 
 beforeAll(async () => {
-  t = await createTestDb()
   stack = await startStack(
     t,
     { MAX_CONCURRENT_CALLS: '5', MAX_RETRY_ATTEMPTS: '3', RETRY_BASE_DELAY_MS: '1000', RETRY_MAX_DELAY_MS: '4000' },
@@ -20,7 +19,6 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await stack.stop()
-  await t.drop()
 })
 
 describe('a provider outage', () => {

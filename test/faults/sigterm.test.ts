@@ -24,7 +24,7 @@ afterAll(async () => {
   await t.drop()
 })
 
-async function start(): Promise<{ child: ChildProcess; url: string }> {
+async function start(env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(process.execPath, ['src/main.ts'], {
     env: {
       PATH: process.env.PATH,
@@ -36,6 +36,7 @@ async function start(): Promise<{ child: ChildProcess; url: string }> {
       ...FAST,
       MAX_CONCURRENT_CALLS: '10',
       CALL_TIMEOUT_MS: '3000',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -73,9 +74,8 @@ describe('SIGTERM during a burst', () => {
       select count(*)::int as n from call_events c
        where c.kind = 'CLAIMED'
          and not exists (select 1 from call_events d where d.call_id = c.call_id and d.attempt = c.attempt
-                          and d.kind in ('DIAL_ACCEPTED', 'DIAL_FAILED', 'DIAL_REJECTED', 'DIAL_THROTTLED', 'WEBHOOK'))`.execute(
-      t.db,
-    )
+                          and d.kind in ('DIAL_ACCEPTED', 'DIAL_FAILED', 'DIAL_REJECTED', 'DIAL_THROTTLED',
+                                         'DIAL_UNKNOWN', 'DIAL_UNAUTHORIZED', 'WEBHOOK'))`.execute(t.db)
     expect(orphans[0]?.n).toBe(0)
 
     const second = await start()
@@ -101,4 +101,52 @@ describe('SIGTERM during a burst', () => {
     second.child.kill('SIGTERM')
     await once(second.child, 'exit')
   }, 90_000)
+})
+
+describe('SIGTERM while dials wait on a slow provider', () => {
+  it('claims nothing more, and records dials that answer after more than 10 s before it exits', async () => {
+    // reproduced before (by reading): the server closed first, the dispatcher got 10 s, and the pools closed under
+    // dials still waiting for the provider, so their results were never recorded
+    const slow = await startSimulator({ callDurationMs: 50 })
+    slow.configure({ fault: { kind: 'slow', delayMs: 11_000 } })
+    try {
+      const { child, url } = await start({
+        AI_CALL_API_URL: slow.url,
+        PROVIDER_TIMEOUT_MS: '15000',
+        CALL_TIMEOUT_MS: '60000',
+        MAX_CONCURRENT_CALLS: '2',
+      })
+      const calls = Array.from({ length: 4 }, (_, i) => ({ to: phone(12_000 + i), scriptId: 'slow' }))
+      const res = await fetch(`${url}/api/v1/calls/batch`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ calls }),
+      })
+      const ids = ((await res.json()) as { data: { ids: string[] } }).data.ids
+      expect(res.status).toBe(201)
+      await waitFor('two dials waiting on the provider', () => slow.stats().dials.length === 2)
+      const signalled = performance.timeOrigin + performance.now()
+      child.kill('SIGTERM')
+      const [code] = await once(child, 'exit')
+      expect(code).toBe(0)
+      expect(slow.stats().dials.every((d) => d.receivedAt < signalled)).toBe(true)
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from call_events where kind = 'DIAL_ACCEPTED' and call_id = any(${ids}::uuid[])`.execute(
+        t.db,
+      )
+      expect(rows[0]?.n).toBe(2)
+      const waiting = await t.db
+        .selectFrom('calls')
+        .select(['status', 'attempts'])
+        .where('id', 'in', ids)
+        .where('status', '=', 'PENDING')
+        .execute()
+      expect(waiting).toEqual([
+        { status: 'PENDING', attempts: 0 },
+        { status: 'PENDING', attempts: 0 },
+      ])
+    } finally {
+      await slow.close()
+    }
+  }, 45_000)
 })

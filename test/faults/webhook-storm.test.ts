@@ -1,17 +1,16 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTestDb, type TestDb } from '../db.ts'
 import { phone, waitFor } from '../helpers.ts'
+import { useTestDb } from '../kit.ts'
 import { type Stack, startStack } from '../stack.ts'
 
 // Each final webhook delivered five times at once, with contradicting reports mixed in and in random order: every
 // attempt must be applied exactly once, and the call must keep the first outcome applied.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack
 
 beforeAll(async () => {
-  t = await createTestDb()
   // Calls that never end by themselves: the test delivers their webhooks. Retries wait a minute, so a call whose
   // FAILED report won is still PENDING when the test looks, however long the storm took.
   stack = await startStack(
@@ -22,7 +21,6 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await stack.stop()
-  await t.drop()
 })
 
 describe('a webhook storm', () => {
@@ -35,12 +33,19 @@ describe('a webhook storm', () => {
       )
       return rows[0]?.n === ids.length
     })
+    const providerIds = new Map(
+      (await t.db.selectFrom('calls').select(['id', 'provider_call_id']).execute()).map((c) => [
+        c.id,
+        c.provider_call_id,
+      ]),
+    )
     const deliveries = ids.flatMap((id) => {
       const url = `/api/v1/callbacks/call-status?call=${id}&attempt=1`
+      const callId = providerIds.get(id)
       const hooks = [
-        ...Array.from({ length: 5 }, () => ({ url, payload: { callId: 'sim', status: 'COMPLETED', durationSec: 7 } })),
-        { url, payload: { callId: 'sim', status: 'FAILED', error: 'late contradiction' } },
-        { url, payload: { callId: 'sim', status: 'RINGING' } },
+        ...Array.from({ length: 5 }, () => ({ url, payload: { callId, status: 'COMPLETED', durationSec: 7 } })),
+        { url, payload: { callId, status: 'FAILED', error: 'late contradiction' } },
+        { url, payload: { callId, status: 'RINGING' } },
       ]
       return hooks
     })

@@ -1,20 +1,28 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import {
-  endAttempt as decideEnd,
+  decideAttemptEnd,
   isFinalProviderStatus,
   PROVIDER_FINAL,
   PROVIDER_PROGRESS,
   webhookError,
 } from '../../dispatch/call-state.ts'
-import { settleAttempt } from '../../dispatch/settle.ts'
-import { SIGNATURE_HEADER, verify } from '../../providers/signature.ts'
+import type { Recorder } from '../../dispatch/recorder.ts'
+import { SIGNATURE_HEADER, verify, verifyWebhookUrlToken } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
 import type { AppDeps } from '../deps.ts'
-import { apiError, errorBody, errorRef } from '../errors.ts'
+import { apiError, errorBody, errorResponse } from '../errors.ts'
 
 // The provider's webhook. Registered as its own plugin so that its JSON parser, which keeps the raw bytes for the
 // signature, applies to this route only.
+//
+// Everything that selects the call is authenticated: the body by X-Signature, and our `call` and `attempt` query
+// parameters (which the provider's signature does not cover) by the `token` we put in the webhook URL at dial time,
+// an HMAC of the two under WEBHOOK_SECRET. The body's callId must also be the provider id stored for the call, so a
+// captured, validly signed webhook cannot be replayed against another call within the signature's tolerance.
+
+/** How long a webhook waits for an unreachable database before answering 5xx, leaving the retry to the provider. */
+const WEBHOOK_PATIENCE_MS = 2000
 
 // Extra fields are accepted: a provider that adds one must not have its outcomes refused (it would retry forever).
 const WebhookBody = Type.Object({
@@ -27,6 +35,9 @@ const WebhookBody = Type.Object({
 const WebhookQuery = Type.Object({
   call: Type.Optional(Type.String({ format: 'uuid', description: 'Our call id, put in the webhookUrl at dial time' })),
   attempt: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  token: Type.Optional(
+    Type.String({ maxLength: 100, description: 'HMAC of call and attempt, put in the webhookUrl at dial time' }),
+  ),
 })
 const Ack = Type.Object({
   success: Type.Literal(true),
@@ -39,7 +50,7 @@ declare module 'fastify' {
   }
 }
 
-export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup, metrics }) => {
+export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, recorder, metrics }) => {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
     req.rawBody = body as Buffer
     try {
@@ -60,14 +71,25 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
     '/api/v1/callbacks/call-status',
     {
       schema: {
+        operationId: 'receiveCallStatus',
         tags: ['callbacks'],
+        security: [],
         summary: 'Provider webhook: the status of a call attempt',
         description:
           'With WEBHOOK_SECRET set, requires X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>.',
         querystring: WebhookQuery,
         body: WebhookBody,
-        response: { 200: Ack, 400: errorRef, 401: errorRef, 404: errorRef },
+        response: {
+          200: Ack,
+          400: errorResponse('VALIDATION_ERROR or INVALID_JSON'),
+          401: errorResponse(
+            'INVALID_SIGNATURE: X-Signature is missing, malformed, stale or wrong, or the URL token does not match',
+          ),
+          404: errorResponse('CALL_NOT_FOUND: no call matches this webhook'),
+          409: errorResponse("PROVIDER_CALL_MISMATCH: the body's callId is not the provider call stored for this call"),
+        },
       },
+      config: { rateLimit: false },
       // Before validation: an unsigned request is refused as such, whatever its body.
       preValidation: async (req, reply) => {
         if (!secret) return
@@ -86,6 +108,13 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
       const body = req.body
       let callId = req.query.call
       let attempt = req.query.attempt
+      if (secret && (callId || attempt) && !verifyWebhookUrlToken(secret, callId, attempt, req.query.token)) {
+        req.log.warn({ callId, attempt }, 'webhook URL token refused')
+        metrics?.webhook('unverified', 'bad_signature')
+        return reply
+          .code(401)
+          .send(errorBody(apiError(401, 'INVALID_SIGNATURE', 'the webhook URL token does not match call and attempt')))
+      }
       if (!callId || !attempt) {
         const found = await findByProviderCallId(db, body.callId)
         callId = found?.id
@@ -107,24 +136,37 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         metrics?.webhook(body.status, 'progress')
         return { success: true as const, data: { outcome: 'progress' as const } }
       }
-      const end = decideEnd(
+      const end = decideAttemptEnd(
         policy,
         attempt,
         body.status === 'COMPLETED'
           ? { kind: 'completed' }
           : { kind: 'failed', error: webhookError(body.status, body.error) },
       )
-      const result = await settleAttempt(db, wakeup, {
-        callId,
-        attempt,
-        end,
-        eventKind: 'WEBHOOK',
-        eventStatus: body.status,
-        outcome: body.status,
-        detail,
-        durationSec: body.durationSec ?? null,
-      })
+      const result = await (recorder as Recorder).settle(
+        {
+          callId,
+          attempt,
+          end,
+          eventKind: 'WEBHOOK',
+          eventStatus: body.status,
+          outcome: body.status,
+          providerCallId: body.callId,
+          detail,
+          durationSec: body.durationSec ?? null,
+        },
+        { patienceMs: WEBHOOK_PATIENCE_MS },
+      )
       if (result.outcome === 'unknown_call') return notFound()
+      if (result.outcome === 'mismatch') {
+        req.log.warn({ callId, attempt }, 'webhook names another provider call than the one stored: refused')
+        metrics?.webhook(body.status, 'mismatch')
+        return reply
+          .code(409)
+          .send(
+            errorBody(apiError(409, 'PROVIDER_CALL_MISMATCH', "the webhook's callId is not this call's provider call")),
+          )
+      }
       metrics?.webhook(body.status, result.outcome, body.callId)
       metrics?.attemptEnded(end, result)
       req.log.info(

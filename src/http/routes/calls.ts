@@ -18,7 +18,7 @@ import {
   updatePendingCall,
 } from '../../sql/calls.ts'
 import type { AppDeps } from '../deps.ts'
-import { type ApiError, apiError, errorBody, errorRef } from '../errors.ts'
+import { type ApiError, apiError, errorBody, errorResponse } from '../errors.ts'
 
 // ---- schemas ----
 const METADATA_MAX_BYTES = 16 * 1024
@@ -128,7 +128,10 @@ function pendingChangeError(r: Exclude<PendingChange, { kind: 'changed' }>, id: 
     : apiError(409, 'CALL_NOT_PENDING', `call is ${r.status}; only PENDING calls can be changed`, { status: r.status })
 }
 
-const errors = { 400: errorRef, 404: errorRef, 409: errorRef, 422: errorRef }
+// The statuses each route adds to those every client route has (src/http/openapi.ts: 400, 401, 429, 500, ...).
+const invalid = errorResponse('VALIDATION_ERROR, INVALID_PHONE, METADATA_TOO_LARGE or INVALID_EXPIRES_AT')
+const notFound = errorResponse('CALL_NOT_FOUND')
+const notPending = errorResponse('CALL_NOT_PENDING: the call is dialing or done; details.status says which')
 
 // ---- routes ----
 export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, config, wakeup }) => {
@@ -150,18 +153,24 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls',
     {
       schema: {
+        operationId: 'createCall',
         tags: ['calls'],
         summary: 'Queue a call',
         description:
           'An Idempotency-Key header makes a retried request return the first call (200) instead of creating another.',
         headers: CreateHeaders,
         body: CreateCallBody,
-        response: { 200: CallEnvelope, 201: CallEnvelope, ...errors },
+        response: {
+          200: { ...CallEnvelope, description: 'Replayed: the call this Idempotency-Key created before' },
+          201: { ...CallEnvelope, description: 'Queued' },
+          400: invalid,
+          422: errorResponse('IDEMPOTENCY_KEY_REUSED: the key was used with another body; details.callId'),
+        },
       },
     },
     async (req, reply) => {
       const input = toNewCall(req.body, req.headers['idempotency-key'] ?? null)
-      if (!input.ok) return reply.code(input.error.status).send(errorBody(input.error))
+      if (!input.ok) return reply.code(input.error.status as 400).send(errorBody(input.error))
       const result = await createOne(input.call)
       if (result.kind === 'key_reused') {
         const e = apiError(
@@ -180,6 +189,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/batch',
     {
       schema: {
+        operationId: 'createCallBatch',
         tags: ['calls'],
         summary: `Queue up to ${BATCH_MAX} calls at once, all or none`,
         body: BatchBody,
@@ -188,7 +198,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             success: Type.Literal(true),
             data: Type.Object({ count: Type.Integer(), ids: Type.Array(Type.String({ format: 'uuid' })) }),
           }),
-          400: errorRef,
+          400: errorResponse('VALIDATION_ERROR: details lists each invalid call by index; none was queued'),
         },
       },
     },
@@ -227,7 +237,13 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
   app.get(
     '/api/v1/calls/:id',
     {
-      schema: { tags: ['calls'], summary: 'Get a call', params: IdParams, response: { 200: CallEnvelope, ...errors } },
+      schema: {
+        operationId: 'getCall',
+        tags: ['calls'],
+        summary: 'Get a call',
+        params: IdParams,
+        response: { 200: CallEnvelope, 404: notFound },
+      },
     },
     async (req, reply) => {
       const call = await getCall(db, req.params.id)
@@ -240,10 +256,11 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id/events',
     {
       schema: {
+        operationId: 'listCallEvents',
         tags: ['calls'],
         summary: "A call's history: status changes, dial results and webhooks, oldest first",
         params: IdParams,
-        response: { 200: Type.Object({ success: Type.Literal(true), data: Type.Array(EventJson) }), ...errors },
+        response: { 200: Type.Object({ success: Type.Literal(true), data: Type.Array(EventJson) }), 404: notFound },
       },
     },
     async (req, reply) => {
@@ -267,11 +284,12 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id',
     {
       schema: {
+        operationId: 'updateCall',
         tags: ['calls'],
         summary: 'Change a PENDING call (409 once it is dialing or done)',
         params: IdParams,
         body: PatchCallBody,
-        response: { 200: CallEnvelope, ...errors },
+        response: { 200: CallEnvelope, 400: invalid, 404: notFound, 409: notPending },
       },
     },
     async (req, reply) => {
@@ -290,7 +308,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
       })
       if (r.kind !== 'changed') {
         const e = pendingChangeError(r, req.params.id)
-        return reply.code(e.status).send(errorBody(e))
+        return reply.code(e.status as 404 | 409).send(errorBody(e))
       }
       return { success: true as const, data: toCallJson(r.call) }
     },
@@ -300,17 +318,18 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls/:id/cancel',
     {
       schema: {
+        operationId: 'cancelCall',
         tags: ['calls'],
         summary: 'Cancel a PENDING call (409 once it is dialing or done)',
         params: IdParams,
-        response: { 200: CallEnvelope, ...errors },
+        response: { 200: CallEnvelope, 404: notFound, 409: notPending },
       },
     },
     async (req, reply) => {
       const r = await cancelPendingCall(db, req.params.id)
       if (r.kind !== 'changed') {
         const e = pendingChangeError(r, req.params.id)
-        return reply.code(e.status).send(errorBody(e))
+        return reply.code(e.status as 404 | 409).send(errorBody(e))
       }
       return { success: true as const, data: toCallJson(r.call) }
     },
@@ -320,6 +339,7 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
     '/api/v1/calls',
     {
       schema: {
+        operationId: 'listCalls',
         tags: ['calls'],
         summary: 'List calls, newest first',
         querystring: ListQuery,
@@ -329,7 +349,6 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
             data: Type.Array(CallJson),
             pagination: Type.Object({ page: Type.Integer(), limit: Type.Integer(), total: Type.Integer() }),
           }),
-          400: errorRef,
         },
       },
     },

@@ -76,7 +76,7 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
   const dir = new URL('../../ops/dashboard/', import.meta.url)
   for (const [url, asset] of Object.entries(ASSETS)) {
     const body = await readFile(new URL(asset.file, dir))
-    app.get(url, { schema: { hide: true } }, async (_req, reply) =>
+    app.get(url, { schema: { hide: true, security: [] } }, async (_req, reply) =>
       reply.type(asset.type).header('cache-control', 'no-cache').send(body),
     )
   }
@@ -95,6 +95,7 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
     '/api/v1/dashboard',
     {
       schema: {
+        operationId: 'getDashboard',
         tags: ['ops'],
         summary: 'What the dashboard shows: slots, backlog, calls per minute, the latest 20 calls with their history',
         response: { 200: Dashboard },

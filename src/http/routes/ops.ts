@@ -36,9 +36,11 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetri
     '/health',
     {
       schema: {
+        operationId: 'getHealth',
         tags: ['ops'],
+        security: [],
         summary: '200 when the database answers, 503 otherwise',
-        response: { 200: Health, 503: Health },
+        response: { 200: Health, 503: { ...Health, description: 'The database did not answer within 2 s' } },
       },
     },
     async (_req, reply) => {
@@ -55,9 +57,16 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetri
     '/metrics',
     {
       schema: {
+        operationId: 'getPrometheusMetrics',
         tags: ['ops'],
+        security: [],
         summary: 'Prometheus exposition: calls by status, slots, backlog (from the database); dials, webhooks, retries',
-        produces: ['text/plain'],
+        response: {
+          200: {
+            description: 'Prometheus text format 0.0.4',
+            content: { 'text/plain': { schema: { type: 'string' } } },
+          },
+        },
       },
     },
     async (_req, reply) => reply.type(metrics.contentType).send(await metrics.render()),
@@ -67,6 +76,7 @@ export const opsRoutes: FastifyPluginAsyncTypebox<AppDeps & { metrics: PromMetri
     '/api/v1/metrics',
     {
       schema: {
+        operationId: 'getMetrics',
         tags: ['ops'],
         summary: 'Counts by status, slots in use, backlog age, attempts',
         response: { 200: Metrics },

@@ -1,0 +1,121 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Kysely } from 'kysely'
+import type { Logger } from 'pino'
+import { coalesce } from '../db/coalesce.ts'
+import type { DB } from '../db/database.ts'
+import { isTransientDbError } from '../db/errors.ts'
+import {
+  type AcceptedDial,
+  type EndAttemptInput,
+  type EndAttemptResult,
+  endAttempts,
+  recordDialsAccepted,
+  recordDialUnknown,
+} from '../sql/attempts.ts'
+import type { CallError } from './call-state.ts'
+import type { Wakeup } from './wakeup.ts'
+
+// The one road from a dial result or a provider report to the committed end of an attempt:
+//   dispatcher / webhook route -> recorder.settle -> (batch) -> sql/attempts.ts endAttempts -> commit -> wake-up.
+// service.ts makes one recorder per process and hands it to the dispatcher and the routes, so reports that arrive
+// together share a statement whichever side they came from.
+//
+// Durable: a result lives only in this process's memory until it commits. When the database is unreachable the write
+// is repeated with backoff (every statement of sql/attempts.ts is fenced, so a repeat changes nothing that already
+// committed) for up to `patienceMs`: for a dial result, as long as its slot is held anyway (CALL_TIMEOUT_MS), so a
+// 429 or a 5xx recorded after a database restart still leads to its retry; a webhook waits less and answers 5xx,
+// leaving the retry to the provider.
+
+export interface Recorder {
+  /** Ends an attempt as input.end says; resolves with what became of it once committed. */
+  settle(input: EndAttemptInput, opts?: { patienceMs?: number }): Promise<EndAttemptResult>
+  /** Notes the provider's id of an accepted dial. */
+  dialAccepted(dial: AcceptedDial): Promise<void>
+  /** Notes a dial that may have placed a call; the call keeps its slot (sql/attempts.ts recordDialUnknown). */
+  dialUnknown(callId: string, attempt: number, error: CallError): Promise<void>
+  /** Ends the waits of writes still being retried (they reject): the process is going away. */
+  close(): void
+}
+
+export interface RecorderOptions {
+  db: Kysely<DB>
+  wakeup: Wakeup
+  log: Logger
+  /** How long a write is retried while the database is unreachable, unless a call says otherwise. */
+  patienceMs: number
+  firstRetryMs?: number
+  maxRetryMs?: number
+}
+
+export function createRecorder(o: RecorderOptions): Recorder {
+  const firstRetryMs = o.firstRetryMs ?? 100
+  const maxRetryMs = o.maxRetryMs ?? 5000
+  const closing = new AbortController()
+
+  // Ends that publish nothing go together (one statement per burst); each is still acknowledged only after the
+  // commit that holds it. A failed batch is retried item by item, so one row the database refuses fails alone.
+  const batchedEnds = coalesce((inputs: EndAttemptInput[]) => endAttempts(o.db, inputs), {
+    keyOf: (input) => input.callId,
+    retryAlone: true,
+  })
+  const batchedAccepts = coalesce(async (dials: AcceptedDial[]) => {
+    await recordDialsAccepted(o.db, dials)
+    return dials.map(() => undefined)
+  })
+
+  async function durably<T>(what: string, ids: object, write: () => Promise<T>, patienceMs: number): Promise<T> {
+    const deadline = Date.now() + patienceMs
+    let delay = firstRetryMs
+    for (let tries = 1; ; tries++) {
+      try {
+        return await write()
+      } catch (err) {
+        if (!isTransientDbError(err) || closing.signal.aborted || Date.now() + delay > deadline) throw err
+        if (tries === 1 || tries % 10 === 0) {
+          o.log.warn({ ...ids, tries, error: (err as Error).message }, `could not record ${what}; retrying`)
+        }
+        await sleep(delay, undefined, { signal: closing.signal }).catch(() => {})
+        delay = Math.min(delay * 2, maxRetryMs)
+      }
+    }
+  }
+
+  // A retry, or a freed slot that only pg-boss can announce, is published in the transaction that ends the attempt,
+  // so there is no retry without its wake-up and no wake-up without its retry.
+  async function endOnce(input: EndAttemptInput): Promise<EndAttemptResult> {
+    const { end } = input
+    if (end.next !== 'PENDING' && !o.wakeup.remote) return batchedEnds(input)
+    return o.db.transaction().execute(async (trx) => {
+      const [r] = (await endAttempts(trx, [input])) as [EndAttemptResult]
+      if (r.freedSlot) {
+        await o.wakeup.dueNow(trx)
+        if (end.next === 'PENDING') await o.wakeup.dueLater(trx, end.delayMs)
+      }
+      return r
+    })
+  }
+
+  return {
+    async settle(input, opts) {
+      const ids = { callId: input.callId, attempt: input.attempt }
+      const r = await durably('the end of an attempt', ids, () => endOnce(input), opts?.patienceMs ?? o.patienceMs)
+      if (r.freedSlot) o.wakeup.nudge()
+      return r
+    },
+    dialAccepted(dial) {
+      const ids = { callId: dial.callId, attempt: dial.attempt }
+      return durably('an accepted dial', ids, () => batchedAccepts(dial), o.patienceMs)
+    },
+    dialUnknown(callId, attempt, error) {
+      return durably(
+        'an unknown dial',
+        { callId, attempt },
+        () => recordDialUnknown(o.db, callId, attempt, error),
+        o.patienceMs,
+      )
+    },
+    close() {
+      closing.abort()
+    },
+  }
+}
