@@ -15,6 +15,11 @@ export const TAGS = [
   { name: 'calls', description: 'Queue calls, follow them, change or cancel them while they are PENDING' },
   { name: 'ops', description: 'Health, metrics and the dashboard data' },
   {
+    name: 'webhooks',
+    description:
+      'Client webhooks: endpoints that receive signed call events, the event log, redelivery (docs/webhooks.md)',
+  },
+  {
     name: 'callbacks',
     description: 'Called by the voice provider, not by clients: signed with WEBHOOK_SECRET instead of an API key',
   },
