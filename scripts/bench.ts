@@ -26,12 +26,13 @@ import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess }
 import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 import { round } from './bench/stats.ts'
+import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
 // `npm run bench`: the seven benchmarks of README's Performance table against this checkout, in one run of a few
 // minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
 // process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
-//   --only=create,dispatch,backlog,campaigns,history   run some phases (default: all; latest.json only for a full run)
+//   --only=create,dispatch,backlog,campaigns,history,webhooks   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
 //                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
@@ -41,7 +42,7 @@ const args = process.argv.slice(2)
 const only = args
   .find((a) => a.startsWith('--only='))
   ?.slice(7)
-  .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns', 'history']
+  .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns', 'history', 'webhooks']
 const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
 const RESULTS_DIR = path.resolve('bench-results')
@@ -195,6 +196,24 @@ async function phaseHistory(pg: BenchDb) {
   }
 }
 
+async function phaseWebhooks(pg: BenchDb) {
+  const { url, db } = await phaseDb(pg, 'bench_webhooks')
+  const sim = await startSimulator({ callDurationMs: 200, webhookSecret: BENCH_WEBHOOK_SECRET })
+  // the receiver listens on 127.0.0.1 over http, which production settings refuse
+  const svc = await startServiceProcess(
+    { ...serviceEnv(url, sim.url), WEBHOOK_ALLOW_HTTP: 'true', WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true' },
+    nodeArgs('webhooks'),
+  )
+  try {
+    log('12-14 client webhooks: slot run without/with an endpoint, final event latency, deliveries per second')
+    return await benchWebhooks(svc.url, db, sim)
+  } finally {
+    await svc.stop()
+    await sim.close()
+    await db.destroy()
+  }
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
@@ -205,9 +224,10 @@ function goalRows(r: {
   campaignSlots?: CampaignUtilization
   fairness?: FairnessResult
   history?: Awaited<ReturnType<typeof phaseHistory>>['history']
+  webhooks?: WebhookBenchResult
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history } = r
+  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history, webhooks } = r
   if (single)
     rows.push({
       id: 1,
@@ -283,6 +303,31 @@ function goalRows(r: {
       met: worst <= 20 && claimRatio <= 1.2 && createRatio <= 1.2,
     })
   }
+  if (webhooks) {
+    rows.push({
+      id: 12,
+      benchmark: 'client webhooks: deliveries/s',
+      figure: `${webhooks.deliveriesPerSec}/s to a local receiver`,
+      goal: '>= 1000/s',
+      met: webhooks.deliveriesPerSec >= 1000,
+    })
+    rows.push({
+      id: 13,
+      benchmark: 'client webhooks: final event latency',
+      figure: `p50 ${webhooks.finalEventLatency.p50Ms} ms, p99 ${webhooks.finalEventLatency.p99Ms} ms`,
+      goal: 'p99 <= 100 ms',
+      met: webhooks.finalEventLatency.p99Ms <= 100,
+    })
+    rows.push({
+      id: 14,
+      benchmark: 'client webhooks: cost to slot run',
+      figure:
+        `${webhooks.costPercent}% (calls/s without ${webhooks.slotCallsPerSec.without.join(', ')}; ` +
+        `with ${webhooks.slotCallsPerSec.with.join(', ')})`,
+      goal: '<= 3%',
+      met: webhooks.costPercent <= 3,
+    })
+  }
   if (slots || zero) {
     const peaks = [slots?.peakRssMb, zero?.peakRssMb].filter((x) => x !== undefined)
     rows.push({
@@ -337,9 +382,10 @@ log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus
 let results: Partial<
   Awaited<ReturnType<typeof phaseCreate>> &
     Awaited<ReturnType<typeof phaseDispatch>> &
-    Awaited<ReturnType<typeof phaseCampaigns>> & { backlog: Awaited<ReturnType<typeof phaseBacklog>> } & Awaited<
-      ReturnType<typeof phaseHistory>
-    >
+    Awaited<ReturnType<typeof phaseCampaigns>> & {
+      backlog: Awaited<ReturnType<typeof phaseBacklog>>
+      webhooks: WebhookBenchResult
+    } & Awaited<ReturnType<typeof phaseHistory>>
 > = {}
 try {
   if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
@@ -347,6 +393,7 @@ try {
   if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
   if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
   if (only.includes('history')) results = { ...results, ...(await phaseHistory(pg)) }
+  if (only.includes('webhooks')) results.webhooks = await phaseWebhooks(pg)
 } finally {
   await pg.stop()
 }

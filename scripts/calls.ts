@@ -17,6 +17,8 @@ const USAGE = `Usage: npm run calls -- <command> [--json]
   pause <campaign id>             no new dial of the campaign starts once this returns (pause_campaign)
   resume <campaign id>            dial the campaign again
   suppress <phone> [--reason R]   never dial this phone again; its PENDING calls are canceled (suppress_phone)
+  events <call id>                the call's client webhook events and their delivery per endpoint
+  redeliver <event id>            send a client webhook event again to its endpoints (redeliver_event)
 
   --json                          print JSON instead of tables
 
@@ -120,6 +122,10 @@ async function run(
       return show(db, callId(rest))
     case 'retry':
       return retry(db, callId(rest))
+    case 'events':
+      return callEvents(db, callId(rest))
+    case 'redeliver':
+      return redeliver(db, callId(rest, 'an event id'))
     case 'cancel':
       if (!opts['all-pending'])
         throw new UsageError('cancel needs --all-pending (one call: POST /api/v1/calls/<id>/cancel)')
@@ -139,9 +145,9 @@ async function run(
   }
 }
 
-function callId(rest: string[]): string {
+function callId(rest: string[], what = 'a call id'): string {
   const id = rest[0]
-  if (!id || !UUID.test(id)) throw new UsageError('a call id (uuid) is required')
+  if (!id || !UUID.test(id)) throw new UsageError(`${what} (uuid) is required`)
   return id
 }
 
@@ -236,6 +242,35 @@ async function retry(db: pg.Client, id: string): Promise<Output> {
   return {
     json: { retried: true, call },
     text: `call ${id} is PENDING again; its next dial is attempt ${Number(call.attempts) + 1}, within about a second of a dispatcher seeing it (expires ${cell(call.expires_at)})`,
+  }
+}
+
+async function callEvents(db: pg.Client, id: string): Promise<Output> {
+  const { rows } = await db.query(
+    `select e.sequence as seq, e.id as event_id, e.type, e.created_at,
+            d.endpoint_id, d.state, d.attempts, d.last_status, d.last_error
+       from webhook_events e
+       left join webhook_deliveries d on d.event_id = e.id
+      where e.call_id = $1::uuid
+      order by e.sequence, d.endpoint_id`,
+    [id],
+  )
+  if (rows.length === 0) {
+    const found = await db.query('select 1 from calls where id = $1::uuid', [id])
+    if (found.rowCount === 0) throw new Refused(`no call ${id}`)
+  }
+  return { json: rows, text: rows.length > 0 ? table(rows) : 'no client webhook events (no endpoint was enabled)' }
+}
+
+async function redeliver(db: pg.Client, id: string): Promise<Output> {
+  const found = await db.query('select call_id from webhook_events where id = $1::uuid', [id])
+  if (found.rowCount === 0) throw new Refused(`no event ${id}`)
+  const { rows } = await db.query('select redeliver_event($1::uuid) as n', [id])
+  const n = Number(rows[0]?.n ?? 0)
+  if (n === 0) throw new Refused(`event ${id} has no enabled endpoint that wants it`)
+  return {
+    json: { eventId: id, deliveries: n },
+    text: `event ${id} will be sent again to ${n} endpoint${n === 1 ? '' : 's'} within about a second`,
   }
 }
 

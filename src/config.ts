@@ -84,6 +84,27 @@ export const EnvSchema = Type.Object({
     }),
   ),
   RATE_LIMIT_WINDOW_MS: Int(MINUTE, 1000, HOUR, 'older form: the window of RATE_LIMIT_MAX'),
+  // Client webhooks (src/notify): events we send to our API clients. Not to be confused with WEBHOOK_SECRET and
+  // WEBHOOK_BASE_URL above, which are about the provider's webhooks to us.
+  WEBHOOK_RETRY_BASE_DELAY_MS: Int(5000, 1, HOUR, 'client webhooks: first retry delay (schedule x1, x6, x24, ...)'),
+  WEBHOOK_RETRY_MAX_DELAY_MS: Int(HOUR, 1, 24 * HOUR, 'client webhooks: retry delay ceiling'),
+  WEBHOOK_RETRY_FOR_MS: Int(24 * HOUR, 1000, 30 * 24 * HOUR, 'client webhooks: give an event up after this long'),
+  WEBHOOK_DISABLE_AFTER_MS: Int(
+    72 * HOUR,
+    1000,
+    365 * 24 * HOUR,
+    'client webhooks: disable an endpoint failing this long',
+  ),
+  WEBHOOK_TIMEOUT_MS: Int(10_000, 100, MINUTE, 'client webhooks: one delivery request, connect to last byte'),
+  WEBHOOK_DELIVERY_CONCURRENCY: Int(20, 1, 1000, 'client webhooks: pg-boss delivery workers per process'),
+  WEBHOOK_ALLOW_HTTP: Type.Optional(
+    Type.Boolean({ description: 'client webhooks: accept http:// URLs (default: outside production)' }),
+  ),
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: Type.Optional(
+    Type.Boolean({
+      description: 'client webhooks: deliver to loopback/private addresses (default: outside production)',
+    }),
+  ),
   SIM_CALL_DURATION_MS: Int(3000, 0, HOUR, 'built-in simulator: call length'),
   SIM_OUTCOMES: Type.String({ default: 'COMPLETED=1', pattern: `^${SIM_OUTCOME}=\\d+(,${SIM_OUTCOME}=\\d+)*$` }),
 })
@@ -132,10 +153,23 @@ export interface Config {
   }
   /** How long SIGTERM waits for dials in flight to answer and be recorded before the process closes. */
   shutdownGraceMs: number
+  /** Webhooks we send to API clients (src/notify); `webhook` above is the provider's webhooks to us. */
+  clientWebhooks: ClientWebhookConfig
   apiKeys: string[]
   /** Token buckets per API key (per client address without keys), reads and writes apart; per instance. */
   rateLimit: { read: { perSec: number; burst: number }; write: { perSec: number; burst: number } }
   simulator: { callDurationMs: number; outcomes: Record<string, number> }
+}
+
+export interface ClientWebhookConfig {
+  retryBaseDelayMs: number
+  retryMaxDelayMs: number
+  retryForMs: number
+  disableAfterMs: number
+  timeoutMs: number
+  concurrency: number
+  allowHttp: boolean
+  allowPrivateNetworks: boolean
 }
 
 export class ConfigError extends Error {
@@ -164,6 +198,9 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     (e) => `${e.instancePath.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(raw[e.instancePath.slice(1)])})`,
   )
   problems.unshift(...notIntegers)
+  if (env.WEBHOOK_RETRY_MAX_DELAY_MS < env.WEBHOOK_RETRY_BASE_DELAY_MS) {
+    problems.push('WEBHOOK_RETRY_MAX_DELAY_MS: must be >= WEBHOOK_RETRY_BASE_DELAY_MS')
+  }
   if (env.RETRY_MAX_DELAY_MS < env.RETRY_BASE_DELAY_MS) {
     problems.push('RETRY_MAX_DELAY_MS: must be >= RETRY_BASE_DELAY_MS')
   }
@@ -247,6 +284,16 @@ export function loadConfig(source: Record<string, string | undefined>): Config {
     },
     // The provider's answer, then a few seconds to record it (the recorder retries while the database blinks).
     shutdownGraceMs: env.PROVIDER_TIMEOUT_MS + 5000,
+    clientWebhooks: {
+      retryBaseDelayMs: env.WEBHOOK_RETRY_BASE_DELAY_MS,
+      retryMaxDelayMs: env.WEBHOOK_RETRY_MAX_DELAY_MS,
+      retryForMs: env.WEBHOOK_RETRY_FOR_MS,
+      disableAfterMs: env.WEBHOOK_DISABLE_AFTER_MS,
+      timeoutMs: env.WEBHOOK_TIMEOUT_MS,
+      concurrency: env.WEBHOOK_DELIVERY_CONCURRENCY,
+      allowHttp: env.WEBHOOK_ALLOW_HTTP ?? env.NODE_ENV !== 'production',
+      allowPrivateNetworks: env.WEBHOOK_ALLOW_PRIVATE_NETWORKS ?? env.NODE_ENV !== 'production',
+    },
     apiKeys,
     rateLimit: rateLimits(env),
     simulator: {

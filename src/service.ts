@@ -11,6 +11,7 @@ import { createReconciler, type Reconciler } from './dispatch/reconcile.ts'
 import { createRecorder } from './dispatch/recorder.ts'
 import { createWakeup, QUEUES, startQueue } from './dispatch/wakeup.ts'
 import { buildApp } from './http/app.ts'
+import { createDeliveryQueue, type Notifier, publisher, startNotifier } from './notify/delivery.ts'
 import { createHousekeeping } from './ops/housekeeping.ts'
 import { createMetrics } from './ops/metrics.ts'
 import { createCallProvider } from './providers/index.ts'
@@ -85,6 +86,7 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
   })
   const housekeeping = createHousekeeping({ db, log, retentionDays: config.retentionDays })
   housekeeping.start()
+  await createDeliveryQueue(boss, config.clientWebhooks)
 
   let simulator: Simulator | undefined
   const platform = config.provider.name !== 'generic'
@@ -109,7 +111,16 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
   const metrics = createMetrics({ db, maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
   // The one recorder of this process: the dispatcher's dial results and the routes' webhooks share its batches.
   const recorder = createRecorder({ db, wakeup, log, patienceMs: config.dispatch.callTimeoutMs })
-  const app = await buildApp({ config, db, log, wakeup, recorder, clientApi: config.role !== 'worker', metrics })
+  const app = await buildApp({
+    config,
+    db,
+    log,
+    wakeup,
+    recorder,
+    clientApi: config.role !== 'worker',
+    metrics,
+    publishDeliveries: publisher(boss),
+  })
   await app.listen({ port: config.port, host: config.host })
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : config.port
@@ -119,6 +130,20 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
     webhookUrls: { vapi: `${webhookBase}/api/v1/callbacks/vapi`, retell: `${webhookBase}/api/v1/callbacks/retell` },
   })
   let reconciler: Reconciler | undefined
+
+  // Client webhooks are delivered by the processes that dispatch; ROLE=api only writes events (by trigger).
+  let notifier: Notifier | undefined
+  if (config.role !== 'api') {
+    notifier = await startNotifier({
+      db,
+      boss,
+      // LISTEN needs a session: the direct URL when the pool goes through a transaction pooler
+      databaseUrl: directUrl,
+      log,
+      config: config.clientWebhooks,
+      observer: metrics.clientWebhooks,
+    })
+  }
 
   if (config.role !== 'api') {
     const d = createDispatcher({
@@ -172,6 +197,7 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
       await dispatcher?.stop(config.shutdownGraceMs)
       await housekeeping.stop()
       recorder.close()
+      await atMost(config.clientWebhooks.timeoutMs + 2000, notifier?.stop() ?? Promise.resolve())
       // Requests in flight (webhooks of calls still in progress) get a few seconds, then every connection is closed:
       // after a slow provider's webhooks, app.close() alone was seen waiting more than 19 s (cause not found).
       await atMost(3000, app.close())

@@ -75,6 +75,10 @@ describe('GET /metrics', () => {
       orchestrator_calls_expired_total: 'counter',
       orchestrator_calls_timed_out_total: 'counter',
       orchestrator_webhook_lag_seconds: 'histogram',
+      orchestrator_client_webhook_deliveries_total: 'counter',
+      orchestrator_client_webhook_delivery_lag_seconds: 'histogram',
+      orchestrator_client_webhook_undelivered: 'gauge',
+      orchestrator_client_webhook_oldest_undelivered_seconds: 'gauge',
     })
     // every dial result is present from the start, so rate() has a series before the first event
     for (const result of DIAL_RESULTS) expect(sampleValue(families, 'orchestrator_dials_total', { result })).toBe(0)

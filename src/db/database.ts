@@ -78,11 +78,78 @@ export interface CallEventsTable {
   created_at: DefaultTimestamp
 }
 
+export interface WebhookEndpointsTable {
+  id: Generated<string>
+  url: string
+  events: string[] | null
+  campaign_id: string | null
+  description: string | null
+  enabled: Generated<boolean>
+  disabled_reason: string | null
+  disabled_at: Timestamp | null
+  secret: string
+  previous_secret: string | null
+  previous_secret_expires_at: Timestamp | null
+  failing_since: Timestamp | null
+  last_success_at: Timestamp | null
+  created_at: DefaultTimestamp
+  updated_at: DefaultTimestamp
+}
+
+export interface WebhookEventsTable {
+  id: Generated<string>
+  type: string
+  call_id: string | null
+  campaign_id: string | null
+  endpoint_id: string | null
+  sequence: number | null
+  attempt: number | null
+  outcome: string | null
+  call_snapshot: Record<string, unknown> | null
+  detail: ColumnType<Record<string, unknown>, string | undefined, never>
+  published: Generated<boolean>
+  created_at: DefaultTimestamp
+}
+
+export interface WebhookDeliveriesTable {
+  endpoint_id: string
+  event_id: string
+  line_id: string
+  sequence: number
+  state: 'waiting' | 'queued' | 'delivered' | 'failed'
+  generation: Generated<number>
+  attempts: Generated<number>
+  next_attempt_at: DefaultTimestamp
+  leased_until: Timestamp | null
+  last_status: number | null
+  last_error: string | null
+  delivered_at: Timestamp | null
+  created_at: DefaultTimestamp
+  updated_at: DefaultTimestamp
+}
+
+export interface WebhookDeliveryAttemptsTable {
+  id: Generated<string>
+  endpoint_id: string
+  event_id: string
+  attempt: number
+  result: 'delivered' | 'retrying' | 'failed'
+  http_status: number | null
+  latency_ms: number | null
+  error: string | null
+  next_attempt_at: Timestamp | null
+  created_at: DefaultTimestamp
+}
+
 export interface DB {
   calls: CallsTable
   call_events: CallEventsTable
   campaigns: CampaignsTable
   suppressions: SuppressionsTable
+  webhook_endpoints: WebhookEndpointsTable
+  webhook_events: WebhookEventsTable
+  webhook_deliveries: WebhookDeliveriesTable
+  webhook_delivery_attempts: WebhookDeliveryAttemptsTable
 }
 
 export type Call = Selectable<CallsTable>

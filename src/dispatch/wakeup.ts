@@ -32,6 +32,9 @@ export async function startQueue(
     max: 4,
     ...queueConnectionSettings(o),
     useListenNotify: o.listen ?? true,
+    // Expired jobs are retried on the monitor's pass (default every 60 s): a client webhook job fetched by a process
+    // that died before leasing its delivery waits for it (src/notify/delivery.ts).
+    monitorIntervalSeconds: 15,
     openTelemetry: { enabled: false },
     application_name: 'call-orchestrator-queue',
   } as ConstructorParameters<typeof PgBoss>[0])

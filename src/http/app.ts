@@ -14,9 +14,11 @@ import { callbackRoutes } from './routes/callbacks.ts'
 import { callRoutes } from './routes/calls.ts'
 import { campaignRoutes } from './routes/campaigns.ts'
 import { dashboardRoutes } from './routes/dashboard.ts'
+import { eventRoutes } from './routes/events.ts'
 import { opsRoutes } from './routes/ops.ts'
 import { providerCallbackRoutes } from './routes/provider-callbacks.ts'
 import { suppressionRoutes } from './routes/suppressions.ts'
+import { webhookEndpointRoutes } from './routes/webhook-endpoints.ts'
 
 export const BODY_LIMIT = 64 * 1024
 
@@ -115,6 +117,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     await app.register(campaignRoutes, routeDeps)
     await app.register(suppressionRoutes, routeDeps)
     await app.register(dashboardRoutes, routeDeps)
+    await app.register(webhookEndpointRoutes, routeDeps)
+    await app.register(eventRoutes, routeDeps)
   }
   await app.register(callbackRoutes, routeDeps)
   await app.register(providerCallbackRoutes, routeDeps)

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { type Static, Type } from 'typebox'
+import { Metadata } from '../calls-json.ts'
 import { normalizePhone } from '../phone.ts'
 import type { NewCall } from '../sql/calls.ts'
 import { type ApiError, apiError } from './errors.ts'
@@ -16,9 +17,7 @@ export const Phone = Type.String({
   description: 'Phone number with country code, e.g. +966501234567',
 })
 export const ScriptId = Type.String({ pattern: '^[A-Za-z0-9_.-]{1,100}$', description: '1-100 of A-Z a-z 0-9 _ . -' })
-export const Metadata = Type.Record(Type.String(), Type.Unknown(), {
-  description: 'JSON object passed to the provider, at most 16 KiB',
-})
+export { Metadata }
 export const CampaignId = Type.String({ format: 'uuid', description: 'The campaign whose rules the call obeys' })
 
 export const CreateCallBody = Type.Object(

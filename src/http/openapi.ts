@@ -20,6 +20,11 @@ export const TAGS = [
   { name: 'suppressions', description: 'The do-not-call list: a suppressed phone is never dialed' },
   { name: 'ops', description: 'Health, metrics and the dashboard data' },
   {
+    name: 'webhooks',
+    description:
+      'Client webhooks: endpoints that receive signed call events, the event log, redelivery (docs/webhooks.md)',
+  },
+  {
     name: 'callbacks',
     description: 'Called by the voice provider, not by clients: signed with WEBHOOK_SECRET instead of an API key',
   },

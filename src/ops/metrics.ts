@@ -2,10 +2,12 @@ import type { Kysely } from 'kysely'
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
 import type { DB } from '../db/database.ts'
 import { type AttemptEnd, STATUSES } from '../dispatch/call-state.ts'
+import type { DeliveryObserver } from '../notify/delivery.ts'
 import type { DialResult } from '../providers/generic.ts'
 import type { EndAttemptResult } from '../sql/attempts.ts'
 import { type CallSnapshot, type CampaignGauge, callSnapshot, campaignGauges } from '../sql/metrics.ts'
 import { cachedFor } from './cached.ts'
+import { registerWebhookMetrics } from './webhook-metrics.ts'
 
 // Prometheus metrics of one process, in a registry of its own (tests build several apps in one process).
 // Two kinds of values:
@@ -50,6 +52,8 @@ export interface Metrics {
   webhook(providerStatus: string, outcome: WebhookOutcome, providerCallId?: string): void
   /** Dispatcher hook: a sweep expired and timed out this many calls. */
   swept(expired: number, timedOut: number): void
+  /** Client webhook delivery hook (src/notify/delivery.ts). */
+  readonly clientWebhooks: DeliveryObserver
 }
 
 export interface MetricsOptions {
@@ -207,11 +211,13 @@ export function createMetrics(o: MetricsOptions): Metrics {
   // the oldest; entries whose webhook goes to another instance (or never comes) age out that way.
   const accepted = new Map<string, number>()
   const maxTracked = o.maxTrackedDials ?? 50_000
+  const clientWebhooks = registerWebhookMetrics(registers, o.db)
 
   return {
     registry,
     contentType: registry.contentType,
     render: () => registry.metrics(),
+    clientWebhooks,
     dialed(result, elapsedMs) {
       const label = dialResultLabel(result)
       dials.inc({ result: label })

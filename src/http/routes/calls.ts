@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { type Static, Type } from 'typebox'
+import { CallJson, iso, toCallJson } from '../../calls-json.ts'
 import { admitCalls } from '../../campaigns/admission.ts'
 import { knownZones, zonesOfPhone } from '../../campaigns/timezones.ts'
 import { coalesce } from '../../db/coalesce.ts'
-import type { Call } from '../../db/database.ts'
-import { PROVIDER_FINAL, STATUSES } from '../../dispatch/call-state.ts'
+import { STATUSES } from '../../dispatch/call-state.ts'
 import { withDueNow } from '../../dispatch/wakeup.ts'
 import { normalizePhone } from '../../phone.ts'
 import {
@@ -60,32 +60,6 @@ const ListQuery = Type.Object(
 )
 const CreateHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) })
 
-const CallJson = Type.Object({
-  id: Type.String({ format: 'uuid' }),
-  payload: Type.Object({ to: Type.String(), scriptId: Type.String(), metadata: Metadata }),
-  status: Status,
-  attempts: Type.Integer(),
-  lastError: Nullable(Type.Object({ code: Type.String(), message: Type.String() })),
-  lastOutcome: Nullable(
-    Type.Enum(PROVIDER_FINAL, { description: "The provider's outcome of the last attempt that reported one" }),
-  ),
-  result: Nullable(
-    Type.Record(Type.String(), Type.Unknown(), {
-      description:
-        'What the platform reported about the last attempt: provider, endReason, durationSec, recordingUrl, logUrl, transcript, cost, costUnit, startedAt, endedAt (each when reported)',
-    }),
-  ),
-  providerCallId: Nullable(Type.String()),
-  durationSec: Nullable(Type.Integer()),
-  createdAt: Timestamp,
-  updatedAt: Timestamp,
-  nextAttemptAt: Timestamp,
-  startedAt: Nullable(Timestamp),
-  endedAt: Nullable(Timestamp),
-  expiresAt: Timestamp,
-  campaignId: Nullable(Type.String({ format: 'uuid' })),
-  scheduledAt: Nullable(Timestamp),
-})
 const CallEnvelope = Type.Object({ success: Type.Literal(true), data: CallJson })
 const EventJson = Type.Object({
   id: Type.String(),
@@ -95,30 +69,6 @@ const EventJson = Type.Object({
   detail: Type.Record(Type.String(), Type.Unknown()),
   createdAt: Timestamp,
 })
-
-const iso = (d: Date | string | null) => (d === null ? null : new Date(d).toISOString())
-
-export function toCallJson(c: Call): Static<typeof CallJson> {
-  return {
-    id: c.id,
-    payload: { to: c.to_phone, scriptId: c.script_id, metadata: c.metadata },
-    status: c.status,
-    attempts: c.attempts,
-    lastError: c.last_error,
-    lastOutcome: c.last_outcome,
-    result: c.last_result ?? null,
-    providerCallId: c.provider_call_id,
-    durationSec: c.duration_sec,
-    createdAt: iso(c.created_at) as string,
-    updatedAt: iso(c.updated_at) as string,
-    nextAttemptAt: iso(c.next_attempt_at) as string,
-    startedAt: iso(c.started_at),
-    endedAt: iso(c.ended_at),
-    expiresAt: iso(c.expires_at) as string,
-    campaignId: c.campaign_id,
-    scheduledAt: iso(c.scheduled_at),
-  }
-}
 
 // A cursor is the position of the last call of a page (its created_at text and id), opaque to clients.
 const encodeCursor = (p: ListPosition) => Buffer.from(JSON.stringify([p.createdAt, p.id])).toString('base64url')

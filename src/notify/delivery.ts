@@ -1,0 +1,375 @@
+import type { Kysely } from 'kysely'
+import pg from 'pg'
+import { fromKysely, type Job, type PgBoss } from 'pg-boss'
+import type { Logger } from 'pino'
+import type { ClientWebhookConfig } from '../config.ts'
+import { coalesce } from '../db/coalesce.ts'
+import type { DB } from '../db/database.ts'
+import { eventBody } from './payload.ts'
+import { retryDelayMs } from './retry.ts'
+import { createSender, type SendOutcome } from './sender.ts'
+import { signDelivery } from './signing.ts'
+import {
+  type AttemptResult,
+  type DeliveryJob,
+  failUndoneDeliveries,
+  type LeasedDelivery,
+  leaseDeliveries,
+  promoteNext,
+  recordResults,
+  relayEvents,
+  sweepLapsedLeases,
+  tryRelayLock,
+} from './sql.ts'
+
+// Client webhook delivery in one process: the relay (events -> deliveries + pg-boss jobs, one transaction) and the
+// pg-boss workers that send. The relay wakes on the trigger's NOTIFY (its own LISTEN connection) and polls every
+// RELAY_POLL_MS besides, so a lost notification costs latency, never an event. Several processes may run this;
+// the relay lock makes one relay work at a time, and workers share the pg-boss queue.
+
+export const DELIVERY_QUEUE = 'client-webhook'
+const RELAY_BATCH = 1000
+const RELAY_POLL_MS = 1000
+const SWEEP_EVERY_MS = 1000
+/** pg-boss workers per process; each takes up to WEBHOOK_DELIVERY_CONCURRENCY / WORKERS jobs at a time. */
+const WORKERS = 2
+/** While LISTEN/NOTIFY works, how often idle workers look for due jobs anyway (retries of other processes). */
+const POLL_SECONDS = 2
+
+export type DeliveryLabel = 'delivered' | 'retrying' | 'failed' | 'refused' | 'stale'
+
+export interface DeliveryObserver {
+  /** An attempt was recorded; lagMs (event created -> acknowledged) when delivered. */
+  attempt(result: DeliveryLabel, lagMs?: number): void
+}
+
+export interface Notifier {
+  /** Publishes jobs for deliveries inside the caller's transaction (redeliver). */
+  publish(trx: Kysely<DB>, jobs: readonly DeliveryJob[]): Promise<void>
+  /** Run the relay now (a status change committed in this process). */
+  nudge(): void
+  stop(): Promise<void>
+}
+
+interface JobData {
+  endpointId: string
+  eventId: string
+  generation: number
+}
+
+export function publisher(boss: PgBoss) {
+  return async (trx: Kysely<DB>, jobs: readonly DeliveryJob[]) => {
+    if (jobs.length === 0) return
+    await boss.insert(
+      DELIVERY_QUEUE,
+      jobs.map((j) => ({
+        data: { endpointId: j.endpointId, eventId: j.eventId, generation: j.generation } satisfies JobData,
+        ...(j.startAfter ? { startAfter: new Date(j.startAfter) } : {}),
+      })),
+      { db: fromKysely(trx) },
+    )
+  }
+}
+
+export async function createDeliveryQueue(boss: PgBoss, config: ClientWebhookConfig) {
+  await boss.createQueue(DELIVERY_QUEUE, {
+    notify: true,
+    // A job fails only when the database did (recording its result); the delivery's own retries are new jobs.
+    retryLimit: 10,
+    retryDelay: 1,
+    retryBackoff: true,
+    retryDelayMax: 60,
+    expireInSeconds: expireSecondsFor(config),
+    deleteAfterSeconds: 3600,
+  })
+  // createQueue keeps an existing queue's options; a changed WEBHOOK_TIMEOUT_MS must still move the expiry.
+  await boss.updateQueue(DELIVERY_QUEUE, { expireInSeconds: expireSecondsFor(config) })
+}
+
+/**
+ * A handler never runs longer than a lease (request timeout + recording), so a job active longer than this lost its
+ * process: pg-boss's supervisor then retries it. Deliveries already leased are republished sooner, by the lease sweep.
+ */
+const expireSecondsFor = (config: ClientWebhookConfig) => Math.ceil(leaseMsFor(config) / 1000) + 10
+
+function sanitized(err: unknown): Error {
+  const e = err as { code?: string; message?: string }
+  return new Error(`client webhook delivery failed: ${e.code ?? ''} ${e.message ?? String(err)}`.trim())
+}
+
+/** How long a worker holds a delivery: one request's timeout and a margin to record its result. */
+const leaseMsFor = (config: ClientWebhookConfig) => config.timeoutMs + 5000
+
+export async function startNotifier(o: {
+  db: Kysely<DB>
+  boss: PgBoss
+  databaseUrl: string
+  log: Logger
+  config: ClientWebhookConfig
+  observer?: DeliveryObserver
+}): Promise<Notifier> {
+  const { db, boss, log, config } = o
+  const sender = createSender({ timeoutMs: config.timeoutMs, allowPrivateNetworks: config.allowPrivateNetworks })
+  const publish = publisher(boss)
+  const leaseMs = leaseMsFor(config)
+  const schedule = { baseDelayMs: config.retryBaseDelayMs, maxDelayMs: config.retryMaxDelayMs }
+
+  // Workers' leases go together, one statement per burst: with a lease each, 20 workers waited for the pool
+  // (DB_POOL_MAX 10) holding fetched jobs, and a process killed then left those jobs to pg-boss's expiry (minutes)
+  // instead of to the lease sweep (seconds).
+  const lease = coalesce(
+    async (jobs: JobData[]) => {
+      const rows = await leaseDeliveries(db, jobs, leaseMs)
+      const byKey = new Map(rows.map((x) => [`${x.endpoint_id}:${x.event_id}`, x]))
+      return jobs.map((j) => byKey.get(`${j.endpointId}:${j.eventId}`))
+    },
+    { keyOf: (j) => `${j.endpointId}:${j.eventId}` },
+  )
+  let workId: string | undefined
+  const record = coalesce(
+    async (results: AttemptResult[]) => {
+      const recorded = await db.transaction().execute(async (trx) => {
+        const r = await recordResults(trx, results, {
+          retryForMs: config.retryForMs,
+          disableAfterMs: config.disableAfterMs,
+        })
+        const retries = r.recorded
+          .filter((x) => x.state === 'queued')
+          .map((x) => ({
+            endpointId: x.endpoint_id,
+            eventId: x.event_id,
+            generation: x.generation,
+            startAfter: x.next_attempt_at,
+          }))
+        const finished = r.recorded
+          .filter((x) => x.state !== 'queued')
+          .map((x) => ({ endpointId: x.endpoint_id, lineId: x.line_id }))
+        const next = await promoteNext(trx, finished)
+        if (r.disabled.length > 0) {
+          await failUndoneDeliveries(trx, r.disabled, 'endpoint disabled')
+          log.warn({ endpointIds: r.disabled }, 'client webhook endpoints disabled')
+        }
+        await publish(trx, [...retries, ...next])
+        return r.recorded
+      })
+      // pg-boss wakes workers by NOTIFY only for jobs due now; a retry due later would wait for the notify-mode
+      // poll (POLL_SECONDS). This process wakes a worker when its own retries fall due.
+      for (const x of recorded) {
+        if (x.state !== 'queued') continue
+        const delay = new Date(x.next_attempt_at).getTime() - Date.now()
+        setTimeout(() => workId && boss.notifyWorker(workId), Math.max(0, delay) + 5).unref()
+      }
+      const byKey = new Map(recorded.map((x) => [`${x.endpoint_id}:${x.event_id}`, x]))
+      return results.map((x) => byKey.get(`${x.endpointId}:${x.eventId}`)?.state)
+    },
+    { keyOf: (x) => `${x.endpointId}:${x.eventId}`, retryAlone: true },
+  )
+
+  async function deliver(d: LeasedDelivery) {
+    const attempt = d.attempts + 1
+    let outcome: SendOutcome
+    if (!d.enabled) {
+      outcome = { ok: false, status: null, latencyMs: 0, error: 'endpoint disabled', retryAfterMs: undefined }
+    } else {
+      const body = JSON.stringify(eventBody({ ...d, id: d.event_id }))
+      const headers = signDelivery(d.secrets, d.event_id, new Date(), body)
+      outcome = await sender.send(d.url, { ...headers }, body)
+    }
+    const state = await record({
+      endpointId: d.endpoint_id,
+      eventId: d.event_id,
+      generation: d.generation,
+      ok: outcome.ok,
+      gone: outcome.status === 410,
+      final: !d.enabled,
+      httpStatus: outcome.status,
+      latencyMs: outcome.latencyMs,
+      error: outcome.error,
+      delayMs: outcome.ok ? 0 : retryDelayMs(schedule, attempt, outcome.retryAfterMs),
+    })
+    const label: DeliveryLabel =
+      state === undefined
+        ? 'stale'
+        : state === 'delivered'
+          ? 'delivered'
+          : outcome.error?.startsWith('WEBHOOK_ADDRESS_REFUSED')
+            ? 'refused'
+            : state === 'queued'
+              ? 'retrying'
+              : 'failed'
+    o.observer?.attempt(label, label === 'delivered' ? Date.now() - new Date(d.event_created_at).getTime() : undefined)
+    if (label !== 'delivered' && label !== 'stale') {
+      log.debug({ endpointId: d.endpoint_id, eventId: d.event_id, attempt, error: outcome.error }, 'delivery failed')
+    }
+  }
+
+  // A job ends once its delivery is leased: from then on the lease, not pg-boss, keeps the delivery safe (a lapsed
+  // lease is republished), so sends run beside the workers, at most WEBHOOK_DELIVERY_CONCURRENCY at a time, and a
+  // handler waits for free sending slots before it takes its jobs' leases. pg-boss wakes every worker of a queue on
+  // each NOTIFY: with 20 workers of one job each, every published job cost 20 fetches, and the pipeline managed about
+  // 100 deliveries/s on this machine; WORKERS workers taking batches keep the fetches few.
+  const slots = semaphore(config.concurrency)
+  const sends = new Set<Promise<void>>()
+  await createDeliveryQueue(boss, config)
+  workId = await boss.work<JobData>(
+    DELIVERY_QUEUE,
+    {
+      batchSize: Math.max(1, Math.ceil(config.concurrency / WORKERS)),
+      localConcurrency: WORKERS,
+      pollingIntervalSeconds: 0.5,
+      notifyPollingIntervalSeconds: POLL_SECONDS,
+    },
+    async (jobs: Job<JobData>[]) => {
+      await slots.acquire(jobs.length)
+      let leased: (LeasedDelivery | undefined)[]
+      try {
+        leased = await Promise.all(jobs.map((j) => lease(j.data)))
+      } catch (err) {
+        slots.release(jobs.length)
+        // pg-boss keeps a failed job's error as its output, and PostgreSQL's detail can quote a whole
+        // webhook_endpoints row, secret included: only the code and message leave this handler.
+        throw sanitized(err)
+      }
+      for (const d of leased) {
+        if (!d) {
+          slots.release(1)
+          continue
+        }
+        const p: Promise<void> = deliver(d)
+          .catch((err) => log.error({ err: sanitized(err), eventId: d.event_id }, 'client webhook delivery failed'))
+          .finally(() => {
+            slots.release(1)
+            sends.delete(p)
+          })
+        sends.add(p)
+      }
+    },
+  )
+
+  // ---- the relay ----
+  let running = true
+  let wanted = false
+  let wake: (() => void) | undefined
+  let lastSweep = 0
+  let listener: pg.Client | undefined
+
+  const nudge = () => {
+    wanted = true
+    wake?.()
+  }
+
+  async function listen() {
+    while (running && !listener) {
+      const client = new pg.Client({ connectionString: o.databaseUrl, application_name: 'client-webhook-relay' })
+      client.on('error', () => {
+        if (listener === client) listener = undefined
+        void client.end().catch(() => {})
+        if (running) setTimeout(() => void listen(), 1000).unref()
+      })
+      try {
+        await client.connect()
+        client.on('notification', nudge)
+        await client.query('listen client_webhook_events')
+        listener = client
+        nudge() // events written while not listening
+      } catch {
+        await client.end().catch(() => {})
+        await new Promise((r) => setTimeout(r, 1000))
+      }
+    }
+  }
+
+  /** One relay transaction; the number of events it took (-1: another relay holds the lock). */
+  async function relayOnce(): Promise<number> {
+    return db.transaction().execute(async (trx) => {
+      if (!(await tryRelayLock(trx))) return -1
+      const { events, jobs } = await relayEvents(trx, RELAY_BATCH)
+      await publish(trx, jobs)
+      return events
+    })
+  }
+
+  async function sweep() {
+    lastSweep = Date.now()
+    const jobs = await db.transaction().execute(async (trx) => {
+      const j = await sweepLapsedLeases(trx)
+      await publish(trx, j)
+      return j
+    })
+    if (jobs.length > 0) log.info({ deliveries: jobs.length }, 'client webhook deliveries published again')
+  }
+
+  async function loop() {
+    let failures = 0
+    while (running) {
+      wanted = false
+      let full = false
+      try {
+        full = (await relayOnce()) === RELAY_BATCH
+        if (Date.now() - lastSweep >= SWEEP_EVERY_MS) await sweep()
+        failures = 0
+      } catch (err) {
+        failures++
+        if (failures === 1 || failures % 30 === 0)
+          log.error({ err: sanitized(err), failures }, 'client webhook relay failed')
+      }
+      if (!running) break
+      if (full || wanted) continue
+      const waitMs = failures > 0 ? Math.min(RELAY_POLL_MS * 2 ** Math.min(failures - 1, 4), 10_000) : RELAY_POLL_MS
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, waitMs)
+        wake = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      wake = undefined
+    }
+  }
+
+  await listen()
+  const loopDone = loop()
+
+  return {
+    publish,
+    nudge,
+    async stop() {
+      running = false
+      wake?.()
+      await loopDone
+      await listener?.end().catch(() => {})
+      await boss.offWork(DELIVERY_QUEUE, { wait: true })
+      await Promise.allSettled([...sends]).catch(() => {})
+      await sender.close()
+    },
+  }
+}
+
+/** Counting semaphore: acquire(n) resolves once n permits are free (FIFO, so a large batch is not starved). */
+function semaphore(capacity: number) {
+  let free = capacity
+  const waiting: { n: number; resolve: () => void }[] = []
+  const pump = () => {
+    while (waiting.length > 0 && (waiting[0] as { n: number }).n <= free) {
+      const w = waiting.shift() as { n: number; resolve: () => void }
+      free -= w.n
+      w.resolve()
+    }
+  }
+  return {
+    acquire(n: number) {
+      const want = Math.min(n, capacity)
+      return new Promise<void>((resolve) => {
+        waiting.push({ n: want, resolve })
+        pump()
+      }).then(() => {
+        // a batch larger than the capacity takes all of it and gives the excess back as it finishes
+        free -= n - want
+      })
+    },
+    release(n: number) {
+      free += n
+      pump()
+    },
+  }
+}
