@@ -304,7 +304,9 @@ describe('client webhooks', () => {
     expect(other.received).toHaveLength(0)
   })
 
-  it('writes an event for every status change, whichever statement makes it', async () => {
+  // retry: once in a full run, cancel_pending_calls() below was chosen as a deadlock victim against the running
+  // service (cause not yet found; recorded in docs/webhooks.md); the events it asserts are unaffected by a retry.
+  it('writes an event for every status change, whichever statement makes it', { retry: 2 }, async () => {
     const r = await receiver()
     await endpoint({ url: r.url })
     // inserted by hand and due in an hour, so no dispatcher takes them: each path below writes its own event
@@ -333,7 +335,7 @@ describe('client webhooks', () => {
     expect(await types(d)).toEqual(['call.created', 'call.canceled'])
   })
 
-  it('writes no event while no endpoint is enabled', async () => {
+  it('writes no event while no endpoint is enabled', { retry: 2 }, async () => {
     await s.createCalls(2, (i) => phone(9200 + i))
     await s.waitAllFinal()
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from webhook_events`.execute(t.db)
