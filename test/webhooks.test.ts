@@ -134,7 +134,7 @@ describe('client webhooks', () => {
       // written just after the attempt's end commits (src/dispatch/final-report.ts), so after the event's snapshot
       const get = await s.api('GET', `/api/v1/calls/${id}`)
       const { result: _r, updatedAt: _u, ...shown } = get.body.data
-      const { result: _er, updatedAt: _eu, ...sent } = events.at(-1)?.json.data.call as Record<string, unknown>
+      const { result: _er, updatedAt: _eu, ...sent } = (events.at(-1)?.json.data.call ?? {}) as Record<string, unknown>
       expect(sent).toEqual(shown)
     }
     // the secret never appears again
