@@ -293,11 +293,17 @@ describe.each(['retell', 'vapi'] as const)('%s', (platform) => {
     expect(c).toMatchObject({ last_outcome: 'BUSY' })
     expect(c.last_result?.endReason).toBe(platform === 'retell' ? 'dial_busy' : 'customer-busy')
     expect((await eventsOf(id as string)).filter((e) => e.kind === 'RECONCILED')).toHaveLength(1)
-    // a webhook for that attempt arriving now is a duplicate
+    // a webhook for that attempt arriving now is a duplicate (it names the provider call stored for the attempt)
     const late = await post(
       stack.svc.app,
       platform,
-      finalBody(platform, id as string, 1, platform === 'retell' ? 'dial_busy' : 'customer-busy'),
+      finalBody(
+        platform,
+        id as string,
+        1,
+        platform === 'retell' ? 'dial_busy' : 'customer-busy',
+        c.provider_call_id ?? undefined,
+      ),
     )
     expect(late.body.data.outcome).toMatch(/duplicate|stale/)
     expect(

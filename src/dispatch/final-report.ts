@@ -48,6 +48,8 @@ export async function applyFinalReport(
     end,
     eventKind: how.eventKind,
     eventStatus: how.eventStatus,
+    // a report naming another provider call than the one stored for this attempt is refused (sql/attempts.ts)
+    ...(target.providerCallId ? { providerCallId: target.providerCallId } : {}),
     // A capacity refusal says nothing about the callee: the call's last outcome stays what it was.
     ...(report.throttled ? {} : { outcome: report.outcome }),
     detail: {
@@ -59,7 +61,7 @@ export async function applyFinalReport(
     },
     durationSec: report.result.durationSec ?? null,
   })
-  if (result.outcome !== 'unknown_call' && result.outcome !== 'stale') {
+  if (result.outcome !== 'unknown_call' && result.outcome !== 'stale' && result.outcome !== 'mismatch') {
     const applied = result.outcome === 'applied' || result.outcome === 'late'
     await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result }, applied)
   }

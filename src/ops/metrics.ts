@@ -46,7 +46,7 @@ export interface Metrics {
   render(): Promise<string>
   /** Dispatcher hook: a dial answered (or failed) after elapsedMs. */
   dialed(result: DialResult, elapsedMs: number): void
-  /** An attempt ended through settleAttempt (dial result or webhook): counts the retries it scheduled. */
+  /** An attempt ended through the recorder (dial result or webhook): counts the retries it scheduled. */
   attemptEnded(end: AttemptEnd, result: EndAttemptResult): void
   /** A webhook was answered. providerCallId with a final outcome observes the dial -> webhook lag. */
   webhook(providerStatus: string, outcome: WebhookOutcome, providerCallId?: string): void
