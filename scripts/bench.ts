@@ -208,6 +208,7 @@ async function phaseWebhooks(pg: BenchDb) {
     log('12-14 client webhooks: slot run without/with an endpoint, final event latency, deliveries per second')
     return await benchWebhooks(svc.url, db, sim)
   } finally {
+    if (process.env.BENCH_TRACE) console.log(svc.logs.join('').slice(-20_000))
     await svc.stop()
     await sim.close()
     await db.destroy()

@@ -90,6 +90,28 @@ async function slotRun(serviceUrl: string, db: Kysely<DB>, sim: Simulator, n: nu
   return { callsPerSec: n / ((last - started) / 1000), dials }
 }
 
+/** BENCH_TRACE=1: the timeline of the slowest final events, each moment relative to the simulator's send. */
+async function traceSlowest(db: Kysely<DB>, slow: { callId: string; ms: number; sentAt: number }[]) {
+  slow.sort((a, b) => b.ms - a.ms)
+  for (const s of slow.slice(0, 8)) {
+    const { rows } = await sql<Record<string, unknown>>`
+      select e.type, e.sequence,
+             round(extract(epoch from e.created_at) * 1000 - ${s.sentAt}) as event_ms,
+             round(extract(epoch from d.created_at) * 1000 - ${s.sentAt}) as relayed_ms,
+             round(extract(epoch from j.created_on) * 1000 - ${s.sentAt}) as job_ms,
+             round(extract(epoch from j.started_on) * 1000 - ${s.sentAt}) as fetched_ms,
+             round(extract(epoch from d.delivered_at) * 1000 - ${s.sentAt}) as recorded_ms,
+             d.attempts
+        from webhook_events e
+        join webhook_deliveries d on d.event_id = e.id
+        left join pgboss.job j on j.name = 'client-webhook' and j.data->>'eventId' = e.id::text
+       where e.call_id = ${s.callId}::uuid
+       order by e.sequence, j.created_on`.execute(db)
+    console.log(`slow final event: ${Math.round(s.ms)} ms, call ${s.callId}`)
+    console.table(rows)
+  }
+}
+
 export async function benchWebhooks(serviceUrl: string, db: Kysely<DB>, sim: Simulator): Promise<WebhookBenchResult> {
   const receiver = await startFastReceiver()
   const api = apiClient(serviceUrl, 4)
@@ -121,11 +143,16 @@ export async function benchWebhooks(serviceUrl: string, db: Kysely<DB>, sim: Sim
       ).catch((err) => {
         throw new Error(`${(err as Error).message}: ${progress}`)
       })
+      const slow: { callId: string; ms: number; sentAt: number }[] = []
       for (const d of run.dials) {
         const callId = d.idempotencyKey.split(':')[0] as string
         const got = receiver.completedAt.get(callId)
-        if (got !== undefined && d.finalSentAt !== undefined) latencies.push(got - d.finalSentAt)
+        if (got !== undefined && d.finalSentAt !== undefined) {
+          latencies.push(got - d.finalSentAt)
+          slow.push({ callId, ms: got - d.finalSentAt, sentAt: d.finalSentAt })
+        }
       }
+      if (process.env.BENCH_TRACE) await traceSlowest(db, slow)
     }
 
     // throughput: call.created for 5,000 calls at once; the calls stay PENDING behind long ones

@@ -57,6 +57,13 @@ interface JobData {
   generation: number
 }
 
+/**
+ * A call further along its life goes first: pg-boss fetches by priority, then age, and a burst of call.created
+ * (a batch of 1,000 calls) would otherwise hold up the call.started and final events of calls already ringing, each
+ * of which waits in its line for the one before it (measured: final-event p99 of 2-4 s behind a batch of 1,500).
+ */
+const priorityOf = (j: DeliveryJob) => Math.min(j.sequence, 100)
+
 export function publisher(boss: PgBoss) {
   return async (trx: Kysely<DB>, jobs: readonly DeliveryJob[]) => {
     if (jobs.length === 0) return
@@ -64,6 +71,7 @@ export function publisher(boss: PgBoss) {
       DELIVERY_QUEUE,
       jobs.map((j) => ({
         data: { endpointId: j.endpointId, eventId: j.eventId, generation: j.generation } satisfies JobData,
+        priority: priorityOf(j),
         ...(j.startAfter ? { startAfter: new Date(j.startAfter) } : {}),
       })),
       { db: fromKysely(trx) },
@@ -139,6 +147,7 @@ export async function startNotifier(o: {
             endpointId: x.endpoint_id,
             eventId: x.event_id,
             generation: x.generation,
+            sequence: x.sequence,
             startAfter: x.next_attempt_at,
           }))
         const finished = r.recorded
@@ -218,6 +227,10 @@ export async function startNotifier(o: {
       localConcurrency: WORKERS,
       pollingIntervalSeconds: 0.5,
       notifyPollingIntervalSeconds: POLL_SECONDS,
+      // pg-boss waits out the polling interval after every fetch, full or not, unless a NOTIFY came meanwhile: two
+      // workers of 10 jobs each then moved 10 jobs/s in a backlog (measured: 10.9 deliveries/s). A full batch means
+      // more is waiting, so fetch again at once.
+      burstWhenBatchFull: true,
     },
     async (jobs: Job<JobData>[]) => {
       await slots.acquire(jobs.length)

@@ -22,6 +22,8 @@ export interface DeliveryJob {
   endpointId: string
   eventId: string
   generation: number
+  /** The event's place in its call's life (1 = call.created): the job's priority, see publisher(). */
+  sequence: number
   /** Not before this time (a retry). */
   startAfter?: Date
 }
@@ -34,13 +36,17 @@ export async function tryRelayLock(trx: Kysely<DB>): Promise<boolean> {
 
 /**
  * Turns up to `limit` unpublished events into deliveries (one per enabled endpoint that wants the event) and marks
- * them published. Returns how many events it took and the deliveries that are now the head of their line.
- * Under the relay lock.
+ * them published. Returns how many events it took and the jobs to publish, in the events' order: the deliveries
+ * that are now the head of their line, and a second job for each head still waiting for a worker whose line just
+ * got a later event. That job carries the later event's priority (see publisher()): a call.created queued behind a
+ * burst of others would otherwise hold up the call's started and final events, which wait in its line. Both jobs
+ * name the same generation; whichever is fetched first leases the delivery, the other finds it leased and does
+ * nothing. Under the relay lock.
  */
 export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ events: number; jobs: DeliveryJob[] }> {
   const { rows } = await sql<{ events: number; jobs: DeliveryJob[] }>`
     with batch as (
-      select e.id, e.type, e.call_id, e.campaign_id, e.sequence
+      select e.id, e.type, e.call_id, e.campaign_id, e.sequence, e.created_at
         from webhook_events e
        where not e.published
        order by e.created_at, e.id
@@ -49,14 +55,14 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
     ), published as (
       update webhook_events e set published = true from batch b where e.id = b.id returning e.id
     ), targets as (
-      select b.id as event_id, b.call_id as line_id, b.sequence, ep.id as endpoint_id
+      select b.id as event_id, b.call_id as line_id, b.sequence, b.created_at, ep.id as endpoint_id
         from batch b
         join webhook_endpoints ep
           on ep.enabled and b.call_id is not null
          and (ep.events is null or b.type = any(ep.events))
          and (ep.campaign_id is null or ep.campaign_id = b.campaign_id)
     ), busy as (
-      select d.endpoint_id, d.line_id
+      select d.endpoint_id, d.line_id, d.event_id, d.generation, d.state, d.leased_until
         from webhook_deliveries d
        where d.state in ('waiting', 'queued')
          and (d.endpoint_id, d.line_id) in (select endpoint_id, line_id from targets)
@@ -70,12 +76,24 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
                     select 1 from busy where busy.endpoint_id = r.endpoint_id and busy.line_id = r.line_id)
                   then 'queued' else 'waiting' end
         from ranked r
-      returning endpoint_id, event_id, state, generation
+      returning endpoint_id, event_id, state, generation, sequence
+    ), jobs as (
+      select i.endpoint_id, i.event_id, i.generation, i.sequence, t.created_at
+        from inserted i
+        join targets t on t.endpoint_id = i.endpoint_id and t.event_id = i.event_id
+       where i.state = 'queued'
+      union all
+      select h.endpoint_id, h.event_id, h.generation, max(t.sequence), min(t.created_at)
+        from busy h
+        join targets t on t.endpoint_id = h.endpoint_id and t.line_id = h.line_id
+       where h.state = 'queued' and h.leased_until is null
+       group by h.endpoint_id, h.event_id, h.generation
     )
     select (select count(*)::int from published) as events,
            coalesce((select jsonb_agg(jsonb_build_object(
-                       'endpointId', endpoint_id, 'eventId', event_id, 'generation', generation))
-                       from inserted where state = 'queued'), '[]'::jsonb) as jobs
+                       'endpointId', endpoint_id, 'eventId', event_id, 'generation', generation,
+                       'sequence', sequence) order by created_at, sequence)
+                       from jobs), '[]'::jsonb) as jobs
   `.execute(trx)
   return rows[0] ?? { events: 0, jobs: [] }
 }
@@ -104,7 +122,7 @@ export interface LeasedDelivery {
  */
 export async function leaseDeliveries(
   db: Kysely<DB>,
-  jobs: readonly DeliveryJob[],
+  jobs: readonly Pick<DeliveryJob, 'endpointId' | 'eventId' | 'generation'>[],
   leaseMs: number,
 ): Promise<LeasedDelivery[]> {
   if (jobs.length === 0) return []
@@ -117,6 +135,8 @@ export async function leaseDeliveries(
         from job j
        where d.endpoint_id = j."endpointId" and d.event_id = j."eventId" and d.generation = j.generation
          and d.state = 'queued'
+         -- a head can have two jobs (relayEvents): the second finds it leased and leaves it to the first
+         and d.leased_until is null
       returning d.endpoint_id, d.event_id, d.generation, d.attempts
     )
     select l.endpoint_id, l.event_id, l.generation, l.attempts,
@@ -154,6 +174,7 @@ export interface RecordedAttempt {
   line_id: string
   state: 'queued' | 'delivered' | 'failed'
   generation: number
+  sequence: number
   next_attempt_at: Date
   event_created_at: Date
 }
@@ -199,7 +220,7 @@ export async function recordResults(
         from r
        where d.endpoint_id = r."endpointId" and d.event_id = r."eventId" and d.generation = r.generation
          and d.state = 'queued'
-      returning d.endpoint_id, d.event_id, d.line_id, d.state, d.generation, d.attempts, d.next_attempt_at,
+      returning d.endpoint_id, d.event_id, d.line_id, d.state, d.generation, d.sequence, d.attempts, d.next_attempt_at,
                 r.ok, r.gone, r."httpStatus", r."latencyMs", r.error
     ), logged as (
       insert into webhook_delivery_attempts
@@ -241,7 +262,7 @@ export async function recordResults(
       insert into webhook_events (type, endpoint_id, detail, published)
       select 'endpoint.disabled', id, jsonb_build_object('reason', disabled_reason), true from newly_disabled
     )
-    select u.endpoint_id, u.event_id, u.line_id, u.state, u.generation, u.next_attempt_at,
+    select u.endpoint_id, u.event_id, u.line_id, u.state, u.generation, u.sequence, u.next_attempt_at,
            (select array_agg(id) from newly_disabled) as disabled
       from updated u
   `.execute(trx)
@@ -277,7 +298,7 @@ export async function promoteNext(
        and not exists (select 1 from webhook_deliveries q
                         where q.endpoint_id = d.endpoint_id and q.line_id = d.line_id and q.state = 'queued')
        and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
-    returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation
+    returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation, d.sequence
   `.execute(trx)
   return rows
 }
@@ -309,7 +330,7 @@ export async function sweepLapsedLeases(trx: Kysely<DB>, limit = 500): Promise<D
        set generation = d.generation + 1, leased_until = null, next_attempt_at = now(), updated_at = now()
       from lapsed l
      where d.endpoint_id = l.endpoint_id and d.event_id = l.event_id and d.state = 'queued'
-    returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation
+    returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation, d.sequence
   `.execute(trx)
   const { rows: orphans } = await sql<{ endpointId: string; lineId: string }>`
     select distinct w.endpoint_id as "endpointId", w.line_id as "lineId"
@@ -358,7 +379,7 @@ export async function redeliverEvent(
                updated_at = now()
          where d.event_id = ${eventId}::uuid
            and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
-        returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation
+        returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation, d.sequence
       ), added as (
         insert into webhook_deliveries (endpoint_id, event_id, line_id, sequence, state)
         select ep.id, e.id, e.call_id, e.sequence, 'queued'
@@ -368,7 +389,7 @@ export async function redeliverEvent(
            and (ep.campaign_id is null or ep.campaign_id = e.campaign_id)
          where e.id = ${eventId}::uuid
            and not exists (select 1 from webhook_deliveries d where d.event_id = e.id and d.endpoint_id = ep.id)
-        returning endpoint_id as "endpointId", event_id as "eventId", generation
+        returning endpoint_id as "endpointId", event_id as "eventId", generation, sequence
       )
       select * from again union all select * from added
     `.execute(trx)
