@@ -1,7 +1,8 @@
 import { sql } from 'kysely'
-import { describe, expect, it } from 'vitest'
-import { createEndpoint } from '../src/notify/endpoints.ts'
+import { afterEach, describe, expect, it } from 'vitest'
+import { createEndpoint, deleteEndpoint } from '../src/notify/endpoints.ts'
 import { leaseDeliveries, relayEvents } from '../src/notify/sql.ts'
+import { endAttempts } from '../src/sql/attempts.ts'
 import { phone } from './helpers.ts'
 import { useTestDb } from './kit.ts'
 
@@ -9,6 +10,10 @@ import { useTestDb } from './kit.ts'
 // event's priority; the two jobs name one generation, and only one of them may lease (and so send) the delivery.
 
 const t = useTestDb()
+
+afterEach(async () => {
+  for (const { id } of await t.db.selectFrom('webhook_endpoints').select('id').execute()) await deleteEndpoint(t.db, id)
+})
 
 async function relay() {
   return t.db.transaction().execute((trx) => relayEvents(trx, 1000))
@@ -49,5 +54,46 @@ describe('client webhook lines', () => {
     // once the head is leased, a later event queues behind it without another job for it
     await sql`update calls set status = 'COMPLETED', ended_at = now() where id = ${callId}::uuid`.execute(t.db)
     expect((await relay()).jobs).toEqual([])
+  })
+
+  it("writes call.started before the final event when the provider's report is applied before its 202", async () => {
+    await createEndpoint(t.db, { url: 'https://example.com/h', events: null, campaignId: null, description: null })
+    const { rows } = await sql<{ id: string }>`
+      insert into calls (to_phone, script_id, expires_at) values (${phone()}, 's', now() + interval '1 hour')
+      returning id`.execute(t.db)
+    const callId = rows[0]?.id as string
+    // claimed and dialed; the 202 is not recorded yet when the final report arrives
+    await sql`update calls set status = 'IN_PROGRESS', attempts = 1, started_at = now() where id = ${callId}::uuid`.execute(
+      t.db,
+    )
+    const result = { provider: 'generic', providerCallId: 'p-9', endReason: 'COMPLETED', durationSec: 3 }
+    const [ended] = await endAttempts(t.db, [
+      {
+        callId,
+        attempt: 1,
+        end: { next: 'COMPLETED' },
+        eventKind: 'WEBHOOK',
+        outcome: 'COMPLETED',
+        providerCallId: 'p-9',
+        detail: { providerCallId: 'p-9', result },
+      },
+    ])
+    expect(ended?.outcome).toBe('applied')
+
+    const events = await t.db
+      .selectFrom('webhook_events')
+      .select(['type', 'sequence', 'call_snapshot'])
+      .where('call_id', '=', callId)
+      .orderBy('sequence')
+      .execute()
+    expect(events.map((e) => [e.type, e.sequence])).toEqual([
+      ['call.created', 1],
+      ['call.started', 2],
+      ['call.completed', 3],
+    ])
+    const started = events[1]?.call_snapshot as Record<string, unknown>
+    expect(started).toMatchObject({ status: 'IN_PROGRESS', provider_call_id: 'p-9' })
+    // the final event's copy of the call already carries what the provider reported
+    expect((events[2]?.call_snapshot as Record<string, unknown>).last_result).toEqual(result)
   })
 })

@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely'
 import type { DB } from '../db/database.ts'
 import type { FinalReport } from '../providers/types.ts'
 import type { EndAttemptInput, EndAttemptResult } from '../sql/attempts.ts'
-import { recordAttemptResult } from '../sql/provider-results.ts'
+import { mergeDuplicateResult } from '../sql/provider-results.ts'
 import { CALL_ERRORS, decideAttemptEnd as decideEnd, type RetryPolicy, webhookError } from './call-state.ts'
 
 // One path from a platform's report of a call's end to the committed end of the attempt, whether the report came by
@@ -61,9 +61,11 @@ export async function applyFinalReport(
     },
     durationSec: report.result.durationSec ?? null,
   })
-  if (result.outcome !== 'unknown_call' && result.outcome !== 'stale' && result.outcome !== 'mismatch') {
-    const applied = result.outcome === 'applied' || result.outcome === 'late'
-    await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result }, applied)
+  // An applied or late report's result was kept by the statement that ended the attempt (detail.result), so the
+  // final client event carries it; a duplicate (Vapi's end-of-call-report after its status-update "ended") may
+  // still add fields to it.
+  if (result.outcome === 'duplicate') {
+    await mergeDuplicateResult(deps.db, target.callId, target.attempt, { ...report.result })
   }
   return result
 }

@@ -174,6 +174,9 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
              throttled_since  = case when r.throttled then coalesce(c.throttled_since, now())
                                      when r.refund = 1 then c.throttled_since end,
              duration_sec     = coalesce(r.duration_sec, c.duration_sec),
+             -- what the platform reported (issue 13), in this statement so that the final client event's copy of
+             -- the call carries it (the event is written by this UPDATE's trigger)
+             last_result      = coalesce(r.detail -> 'result', c.last_result),
              -- a dial whose answer we never read (unknown) learns its provider id from the report
              provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
         from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
@@ -188,6 +191,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
              last_outcome     = r.outcome,
              reported_attempt = r.attempt,
              duration_sec     = coalesce(r.duration_sec, c.duration_sec),
+             last_result      = coalesce(r.detail -> 'result', c.last_result),
              provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
         from report r join locked l on l.id = r.call_id
        where c.id = r.call_id and c.attempts = r.attempt and r.outcome is not null

@@ -10,7 +10,6 @@ import {
 import type { Recorder } from '../../dispatch/recorder.ts'
 import { SIGNATURE_HEADER, verify, verifyWebhookUrlToken } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
-import { recordAttemptResult } from '../../sql/provider-results.ts'
 import type { AppDeps } from '../deps.ts'
 import { apiError, errorBody, errorResponse } from '../errors.ts'
 
@@ -132,6 +131,14 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
         ...(body.error ? { error: body.error } : {}),
         ...(body.completedAt ? { completedAt: body.completedAt } : {}),
       }
+      // what the provider reported, for the call's `result` (issue 13): the statement that ends the attempt keeps it
+      const result = {
+        provider: 'generic',
+        providerCallId: body.callId,
+        endReason: body.status,
+        ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
+        ...(body.completedAt ? { endedAt: body.completedAt } : {}),
+      }
       if (!isFinalProviderStatus(body.status)) {
         if (!(await recordProgress(db, callId, attempt, body.status, detail))) return notFound()
         metrics?.webhook(body.status, 'progress')
@@ -144,7 +151,7 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
           ? { kind: 'completed' }
           : { kind: 'failed', error: webhookError(body.status, body.error) },
       )
-      const result = await (recorder as Recorder).settle(
+      const settled = await (recorder as Recorder).settle(
         {
           callId,
           attempt,
@@ -153,13 +160,13 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
           eventStatus: body.status,
           outcome: body.status,
           providerCallId: body.callId,
-          detail,
+          detail: { ...detail, result },
           durationSec: body.durationSec ?? null,
         },
         { patienceMs: WEBHOOK_PATIENCE_MS },
       )
-      if (result.outcome === 'unknown_call') return notFound()
-      if (result.outcome === 'mismatch') {
+      if (settled.outcome === 'unknown_call') return notFound()
+      if (settled.outcome === 'mismatch') {
         req.log.warn({ callId, attempt }, 'webhook names another provider call than the one stored: refused')
         metrics?.webhook(body.status, 'mismatch')
         return reply
@@ -168,29 +175,13 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
             errorBody(apiError(409, 'PROVIDER_CALL_MISMATCH', "the webhook's callId is not this call's provider call")),
           )
       }
-      // what the provider reported, for the call's `result` (issue 13); a duplicate changes nothing
-      if (result.outcome === 'applied' || result.outcome === 'late') {
-        await recordAttemptResult(
-          db,
-          callId,
-          attempt,
-          {
-            provider: 'generic',
-            providerCallId: body.callId,
-            endReason: body.status,
-            ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
-            ...(body.completedAt ? { endedAt: body.completedAt } : {}),
-          },
-          true,
-        )
-      }
-      metrics?.webhook(body.status, result.outcome, body.callId)
-      metrics?.attemptEnded(end, result)
+      metrics?.webhook(body.status, settled.outcome, body.callId)
+      metrics?.attemptEnded(end, settled)
       req.log.info(
-        { callId, attempt, providerStatus: body.status, outcome: result.outcome, status: result.status },
+        { callId, attempt, providerStatus: body.status, outcome: settled.outcome, status: settled.status },
         'webhook',
       )
-      return { success: true as const, data: { outcome: result.outcome } }
+      return { success: true as const, data: { outcome: settled.outcome } }
     },
   )
 }
