@@ -110,7 +110,13 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
   const wakeup = createWakeup(boss, config.role === 'api' ? undefined : { notify: () => dispatcher?.notify() })
   const metrics = createMetrics({ db, maxConcurrentCalls: config.dispatch.maxConcurrentCalls })
   // The one recorder of this process: the dispatcher's dial results and the routes' webhooks share its batches.
-  const recorder = createRecorder({ db, wakeup, log, patienceMs: config.dispatch.callTimeoutMs })
+  const recorder = createRecorder({
+    db,
+    wakeup,
+    log,
+    patienceMs: config.dispatch.callTimeoutMs,
+    onSettled: metrics.attemptEnded,
+  })
   const app = await buildApp({
     config,
     db,
@@ -161,7 +167,6 @@ export async function startService(configIn: Config, log: Logger): Promise<Servi
         return secret ? `${url}&token=${webhookUrlToken(secret, call.id, call.attempts)}` : url
       },
       onDial: metrics.dialed,
-      onAttemptEnd: metrics.attemptEnded,
       onSweep: metrics.swept,
     })
     dispatcher = d

@@ -94,6 +94,6 @@ describe('client webhook lines', () => {
     const started = events[1]?.call_snapshot as Record<string, unknown>
     expect(started).toMatchObject({ status: 'IN_PROGRESS', provider_call_id: 'p-9' })
     // the final event's copy of the call already carries what the provider reported
-    expect((events[2]?.call_snapshot as Record<string, unknown>).last_result).toEqual(result)
+    expect(events[2]?.call_snapshot).toMatchObject({ last_result: result })
   })
 })

@@ -28,7 +28,6 @@ export interface DispatcherOptions {
   pollMs?: number
   /** Observers (metrics); never awaited. */
   onDial?: (result: DialResult, elapsedMs: number) => void
-  onAttemptEnd?: (end: AttemptEnd, result: EndAttemptResult) => void
   onSweep?: (expired: number, timedOut: number) => void
   /** The provider refused our credentials: dialing pauses for pauseMs. */
   onProviderUnauthorized?: (pauseMs: number) => void
@@ -187,7 +186,6 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       eventKind,
       detail: { error: outcome.error },
     })
-    o.onAttemptEnd?.(decided, settled)
     o.log.warn(
       { callId: call.id, attempt, result: outcome.kind, next: settled.status, error: outcome.error.message },
       'dial not accepted',

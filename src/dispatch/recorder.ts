@@ -45,6 +45,8 @@ export interface RecorderOptions {
   patienceMs: number
   firstRetryMs?: number
   maxRetryMs?: number
+  /** Every committed end, whoever reported it (dial, webhook, reconciliation): the retry metrics. */
+  onSettled?: (end: EndAttemptInput['end'], result: EndAttemptResult) => void
 }
 
 export function createRecorder(o: RecorderOptions): Recorder {
@@ -100,6 +102,7 @@ export function createRecorder(o: RecorderOptions): Recorder {
       const ids = { callId: input.callId, attempt: input.attempt }
       const r = await durably('the end of an attempt', ids, () => endOnce(input), opts?.patienceMs ?? o.patienceMs)
       if (r.freedSlot) o.wakeup.nudge()
+      o.onSettled?.(input.end, r)
       return r
     },
     dialAccepted(dial) {

@@ -1,5 +1,6 @@
 import { Pool } from 'undici'
-import { CALL_ERRORS, type CallError } from '../dispatch/call-state.ts'
+import { CALL_ERRORS, type CallError, type ProviderFinal } from '../dispatch/call-state.ts'
+import { compact, type FinalReport } from './types.ts'
 
 // The AI voice provider's dial endpoint. dial() never throws: every answer, timeout or socket error becomes one
 // of the results below, which src/dispatch/call-state.ts knows how to end an attempt with.
@@ -152,4 +153,27 @@ export function parseRetryAfter(value: string | string[] | undefined): number | 
   if (!v) return undefined
   const ms = /^\d+$/.test(v.trim()) ? Number(v) * 1000 : Date.parse(v) - Date.now()
   return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 3_600_000) : undefined
+}
+
+/** The generic provider's final webhook in the vocabulary every provider's report shares (dispatch/final-report.ts). */
+export function genericReport(body: {
+  callId: string
+  status: ProviderFinal
+  error?: string
+  durationSec?: number
+  completedAt?: string
+}): FinalReport {
+  return {
+    outcome: body.status,
+    fault: body.status === 'COMPLETED' ? 'none' : body.status === 'FAILED' ? 'platform' : 'callee',
+    known: true,
+    error: body.error ?? `provider reported ${body.status}`,
+    result: compact({
+      provider: 'generic',
+      providerCallId: body.callId,
+      endReason: body.status,
+      durationSec: body.durationSec,
+      endedAt: body.completedAt,
+    }),
+  }
 }

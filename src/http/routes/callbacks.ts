@@ -1,13 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import {
-  decideAttemptEnd,
-  isFinalProviderStatus,
-  PROVIDER_FINAL,
-  PROVIDER_PROGRESS,
-  webhookError,
-} from '../../dispatch/call-state.ts'
+import { isFinalProviderStatus, PROVIDER_FINAL, PROVIDER_PROGRESS } from '../../dispatch/call-state.ts'
+import { applyFinalReport, type EndAttempt } from '../../dispatch/final-report.ts'
 import type { Recorder } from '../../dispatch/recorder.ts'
+import { genericReport } from '../../providers/generic.ts'
 import { SIGNATURE_HEADER, verify, verifyWebhookUrlToken } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
 import type { AppDeps } from '../deps.ts'
@@ -126,44 +122,24 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
       }
       if (!callId || !attempt) return notFound()
 
-      const detail = {
-        providerCallId: body.callId,
-        ...(body.error ? { error: body.error } : {}),
-        ...(body.completedAt ? { completedAt: body.completedAt } : {}),
-      }
-      // what the provider reported, for the call's `result` (issue 13): the statement that ends the attempt keeps it
-      const result = {
-        provider: 'generic',
-        providerCallId: body.callId,
-        endReason: body.status,
-        ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
-        ...(body.completedAt ? { endedAt: body.completedAt } : {}),
-      }
       if (!isFinalProviderStatus(body.status)) {
+        const detail = {
+          providerCallId: body.callId,
+          ...(body.error ? { error: body.error } : {}),
+          ...(body.completedAt ? { completedAt: body.completedAt } : {}),
+        }
         if (!(await recordProgress(db, callId, attempt, body.status, detail))) return notFound()
         metrics?.webhook(body.status, 'progress')
         return { success: true as const, data: { outcome: 'progress' as const } }
       }
-      const end = decideAttemptEnd(
-        policy,
-        attempt,
-        body.status === 'COMPLETED'
-          ? { kind: 'completed' }
-          : { kind: 'failed', error: webhookError(body.status, body.error) },
-      )
-      const settled = await (recorder as Recorder).settle(
-        {
-          callId,
-          attempt,
-          end,
-          eventKind: 'WEBHOOK',
-          eventStatus: body.status,
-          outcome: body.status,
-          providerCallId: body.callId,
-          detail: { ...detail, result },
-          durationSec: body.durationSec ?? null,
-        },
-        { patienceMs: WEBHOOK_PATIENCE_MS },
+      // the same decision and statement as the platforms' reports and reconciliation (dispatch/final-report.ts)
+      const settle: EndAttempt = (input) => (recorder as Recorder).settle(input, { patienceMs: WEBHOOK_PATIENCE_MS })
+      const report = genericReport({ ...body, status: body.status })
+      const settled = await applyFinalReport(
+        { db, endAttempt: settle, policy },
+        { callId, attempt, providerCallId: body.callId },
+        report,
+        { eventKind: 'WEBHOOK', eventStatus: body.status },
       )
       if (settled.outcome === 'unknown_call') return notFound()
       if (settled.outcome === 'mismatch') {
@@ -176,7 +152,6 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
           )
       }
       metrics?.webhook(body.status, settled.outcome, body.callId)
-      metrics?.attemptEnded(end, settled)
       req.log.info(
         { callId, attempt, providerStatus: body.status, outcome: settled.outcome, status: settled.status },
         'webhook',
