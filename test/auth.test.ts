@@ -3,22 +3,20 @@ import type { AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { createRateLimiter } from '../src/http/rate-limit.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone, testConfig } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 
-let t: TestDb
+const t = useTestDb()
 let app: FastifyInstance
 let base: string
 
 beforeAll(async () => {
-  t = await createTestDb()
   app = await apiOnly(t, { API_KEYS: 'key-one,key-two' })
   await app.listen({ port: 0, host: '127.0.0.1' })
   base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
 })
 afterAll(async () => {
   await app.close()
-  await t.drop()
 })
 
 const list = (authorization?: string) =>

@@ -2,22 +2,16 @@ import { sql } from 'kysely'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import type { DialRecord } from '../src/providers/simulator.ts'
 import { callIdOf, maxOverlap, NUMBERS, openWindow } from './campaign-helpers.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
 
 // Campaign rules as the claim applies them, with the service dialing the simulator over HTTP: windows by zone,
 // caps, fair share, priorities, pause, cancel, suppression, per-outcome retries, the daily limit and scheduledAt.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })

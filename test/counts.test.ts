@@ -6,8 +6,8 @@ import { createHousekeeping } from '../src/ops/housekeeping.ts'
 import { compactCallCounts } from '../src/sql/counts.ts'
 import { callSnapshot } from '../src/sql/metrics.ts'
 import { deleteExpiredHistory } from '../src/sql/retention.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { callIn } from './seed.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
 
@@ -15,15 +15,9 @@ import { resetTables, type Stack, startStack } from './stack.ts'
 // ran (creates, claims, webhooks, retries, cancels, expiry, operator functions, deletes, concurrent transactions),
 // and retention deletes exactly the old finished calls with their history.
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })

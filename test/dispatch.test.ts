@@ -2,19 +2,13 @@ import { sql } from 'kysely'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
 import { sign, webhookUrlToken } from '../src/providers/signature.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })

@@ -12,8 +12,8 @@ import {
   VAPI_OUTCOMES,
 } from '../src/providers/outcomes.ts'
 import { signVapi } from '../src/providers/vapi-signature.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, phone, waitFor } from './helpers.ts'
+import { useTestDb } from './kit.ts'
 import { retellReasons, vapiReasons } from './sdk-reasons.ts'
 import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
 
@@ -23,16 +23,10 @@ import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
 const KEY = 'key_test_0123456789'
 const SECRET = 'whsec_test_vapi'
 
-let t: TestDb
+const t = useTestDb()
 let stack: Stack | undefined
 let app: FastifyInstance | undefined
 
-beforeAll(async () => {
-  t = await createTestDb()
-})
-afterAll(async () => {
-  await t.drop()
-})
 beforeEach(async () => {
   await resetTables(t)
 })

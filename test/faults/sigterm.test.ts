@@ -3,25 +3,23 @@ import { once } from 'node:events'
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Simulator, startSimulator } from '../../src/providers/simulator.ts'
-import { createTestDb, type TestDb } from '../db.ts'
 import { phone, waitFor } from '../helpers.ts'
+import { useTestDb } from '../kit.ts'
 import { dialsPerCall, FAST } from '../stack.ts'
 
 // SIGTERM in the middle of a burst: the process stops within 10 s with exit code 0, every claim it made has its
 // dial result recorded, and a restarted process finishes the work.
 
-let t: TestDb
+const t = useTestDb()
 let sim: Simulator
 const children: ChildProcess[] = []
 
 beforeAll(async () => {
-  t = await createTestDb()
   sim = await startSimulator({ callDurationMs: 200 })
 })
 afterAll(async () => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL')
   await sim.close()
-  await t.drop()
 })
 
 async function start(env: Record<string, string> = {}): Promise<{ child: ChildProcess; url: string }> {
