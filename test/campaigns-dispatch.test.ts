@@ -1,6 +1,5 @@
 import { sql } from 'kysely'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import type { DialRecord } from '../src/providers/simulator.ts'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { callIdOf, maxOverlap, NUMBERS, openWindow } from './campaign-helpers.ts'
 import { phone, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'

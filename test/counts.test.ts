@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import pg from 'pg'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createLogger } from '../src/log.ts'
 import { createHousekeeping } from '../src/ops/housekeeping.ts'
 import { compactCallCounts } from '../src/sql/counts.ts'

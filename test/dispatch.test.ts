@@ -1,5 +1,5 @@
 import { sql } from 'kysely'
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
 import { sign, webhookUrlToken } from '../src/providers/signature.ts'
 import { phone, waitFor } from './helpers.ts'

@@ -2,11 +2,10 @@ import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
 import type { Call, DB } from '../db/database.ts'
 import type { DialResult, Provider } from '../providers/generic.ts'
-import type { EndAttemptResult } from '../sql/attempts.ts'
 import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
 import { readDispatchSettings } from '../sql/settings.ts'
 import { expireOverdueCalls, sweepCampaignCalls, timeOutSilentCalls } from '../sql/sweep.ts'
-import { type AttemptEnd, decideAttemptEnd, type RetryPolicy } from './call-state.ts'
+import { decideAttemptEnd, type RetryPolicy } from './call-state.ts'
 import type { Recorder } from './recorder.ts'
 
 // The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { type Static, Type } from 'typebox'
+import { Type } from 'typebox'
 import { CallJson, iso, toCallJson } from '../../calls-json.ts'
 import { admitCalls } from '../../campaigns/admission.ts'
 import { knownZones, zonesOfPhone } from '../../campaigns/timezones.ts'
