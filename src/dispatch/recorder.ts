@@ -84,20 +84,14 @@ export function createRecorder(o: RecorderOptions): Recorder {
 
   // A retry, or a freed slot that only pg-boss can announce, is published in the transaction that ends the attempt,
   // so there is no retry without its wake-up and no wake-up without its retry.
-  // The retry's time is the one the database decided (r.retryAt): a campaign's retry rules and calling window can
-  // change the end's delay, or send back a call the environment's policy would have ended.
   async function endOnce(input: EndAttemptInput): Promise<EndAttemptResult> {
     const { end } = input
-    if (end.next !== 'PENDING' && !o.wakeup.remote) {
-      const r = await batchedEnds(input)
-      if (r.retryAt) await o.wakeup.dueLater(o.db, delayUntil(r.retryAt))
-      return r
-    }
+    if (end.next !== 'PENDING' && !o.wakeup.remote) return batchedEnds(input)
     return o.db.transaction().execute(async (trx) => {
       const [r] = (await endAttempts(trx, [input])) as [EndAttemptResult]
       if (r.freedSlot) {
         await o.wakeup.dueNow(trx)
-        if (r.retryAt) await o.wakeup.dueLater(trx, delayUntil(r.retryAt))
+        if (end.next === 'PENDING') await o.wakeup.dueLater(trx, end.delayMs)
       }
       return r
     })
@@ -128,5 +122,3 @@ export function createRecorder(o: RecorderOptions): Recorder {
     },
   }
 }
-
-const delayUntil = (at: Date) => Math.max(0, at.getTime() - Date.now())

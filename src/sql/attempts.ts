@@ -85,11 +85,6 @@ export interface EndAttemptResult {
   status: CallStatus | undefined
   /** True when an IN_PROGRESS slot was released. */
   freedSlot: boolean
-  /**
-   * When the call falls due again, if this report sent it back to PENDING: the time the database decided, which a
-   * campaign's retry rules or calling window can move away from the end's own delay.
-   */
-  retryAt?: Date
 }
 
 /**
@@ -142,13 +137,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
   // at 3,000-5,000 rows, growing with them). An array the planner cannot see into also keeps custom plans no cheaper
   // than the generic one, so PostgreSQL settles on the generic plan: with the ids as a parameter it re-planned every
   // run (up to 0.7 ms of planning per statement, more than its execution).
-  const { rows } = await sql<{
-    ord: number
-    before_status: CallStatus
-    after_status: CallStatus
-    outcome: EndOutcome
-    retry_at: Date | null
-  }>`
+  const { rows } = await sql<{ ord: number; before_status: CallStatus; after_status: CallStatus; outcome: EndOutcome }>`
     with report as (
       select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
         ord int, call_id uuid, attempt int, next text, refund int, throttled boolean, delay_sec float8, error jsonb,
@@ -193,7 +182,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
         from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
          and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
-      returning r.ord, c.status, c.next_attempt_at
+      returning r.ord, c.status
     ), late as (
       update calls c
          set status           = case when r.outcome = 'COMPLETED' then 'COMPLETED' else c.status end,
@@ -228,20 +217,13 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
        where o.outcome <> 'mismatch'
        order by o.ord
     )
-    select o.ord, o.before_status, o.after_status, o.outcome,
-           case when o.after_status = 'PENDING' then e.next_attempt_at end as retry_at
-      from outcome o left join ended e on e.ord = o.ord
+    select ord, before_status, after_status, outcome from outcome
   `.execute(db)
   const byOrd = new Map(rows.map((r) => [r.ord, r]))
   return reports.map(({ ord }): EndAttemptResult => {
     const row = byOrd.get(ord)
     if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
-    return {
-      outcome: row.outcome,
-      status: row.after_status,
-      freedSlot: row.outcome === 'applied',
-      ...(row.retry_at ? { retryAt: new Date(row.retry_at) } : {}),
-    }
+    return { outcome: row.outcome, status: row.after_status, freedSlot: row.outcome === 'applied' }
   })
 }
 
