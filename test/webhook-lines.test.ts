@@ -47,6 +47,17 @@ describe('client webhook lines', () => {
       { endpointId: endpoint.id, eventId: head.eventId, generation: head.generation, sequence: 2 },
     ])
 
+    // a head waiting out a retry gets no second job: it would be sent before its time
+    await sql`update webhook_deliveries set next_attempt_at = now() + interval '1 hour' where event_id = ${head.eventId}::uuid`.execute(
+      t.db,
+    )
+    await sql`update calls set status = 'PENDING' where id = ${callId}::uuid`.execute(t.db)
+    const inRetry = await relay()
+    expect(inRetry.jobs).toEqual([])
+    await sql`update webhook_deliveries set next_attempt_at = now() where event_id = ${head.eventId}::uuid`.execute(
+      t.db,
+    )
+
     const leasedTwice = await leaseDeliveries(t.db, [head, second.jobs[0] as typeof head], 5000)
     expect(leasedTwice).toHaveLength(1)
     expect(await leaseDeliveries(t.db, [head], 5000)).toHaveLength(0)

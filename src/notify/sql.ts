@@ -62,7 +62,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
          and (ep.events is null or b.type = any(ep.events))
          and (ep.campaign_id is null or ep.campaign_id = b.campaign_id)
     ), busy as (
-      select d.endpoint_id, d.line_id, d.event_id, d.generation, d.state, d.leased_until
+      select d.endpoint_id, d.line_id, d.event_id, d.generation, d.state, d.leased_until, d.next_attempt_at
         from webhook_deliveries d
        where d.state in ('waiting', 'queued')
          and (d.endpoint_id, d.line_id) in (select endpoint_id, line_id from targets)
@@ -86,7 +86,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
       select h.endpoint_id, h.event_id, h.generation, max(t.sequence), min(t.created_at)
         from busy h
         join targets t on t.endpoint_id = h.endpoint_id and t.line_id = h.line_id
-       where h.state = 'queued' and h.leased_until is null
+       where h.state = 'queued' and h.leased_until is null and h.next_attempt_at <= now() -- not a retry's wait
        group by h.endpoint_id, h.event_id, h.generation
     )
     select (select count(*)::int from published) as events,
