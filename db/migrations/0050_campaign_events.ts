@@ -14,7 +14,7 @@ import { type Kysely, sql } from 'kysely'
 //   only by other commits, never while their holder waits for anything else.
 // - campaign.finished: the campaign has at least one call and none PENDING or IN_PROGRESS. It is written by the
 //   transaction whose change made that so (the last open call completed, failed, expired or was canceled, the cancel
-//   of the campaign included), once per transaction. A campaign that gets calls again (an ACTIVE one takes new calls,
+//   of the campaign included), at most once per transaction. A campaign that gets calls again (an ACTIVE one takes new calls,
 //   retry_call() reopens one) finishes again when they are done.
 // - Ordered per campaign: a campaign's events carry their own sequence (1, 2, ... with no gaps), unique per campaign
 //   among events without a call, and the relay makes the campaign id their line (webhook_deliveries.line_id).
@@ -73,26 +73,27 @@ export async function up(db: Kysely<any>): Promise<void> {
     execute function campaigns_webhook_event()
   `.execute(db)
 
-  // Fires once per call that became final; all but the first of a transaction (a cancel of 10,000 calls) stop at the
-  // check that this transaction already wrote the campaign's latest event as campaign.finished (xmin).
+  // Fires once per call that became final, but checks each campaign once per transaction: the firings all run at
+  // commit, after the transaction's last statement, so the first one of a campaign sees what the others would. The
+  // checked campaigns are kept in a transaction-local setting. Checking on every firing cost a cancel of 10,000
+  // calls 16 s instead of 1 s: each probe of calls_by_campaign_status walked the 10,000 entries of the rows this
+  // transaction had just moved out of PENDING, which stay in the index until vacuum.
   await sql`
     create function calls_campaign_finished() returns trigger language plpgsql as $$
     declare
+      checked text := coalesce(current_setting('orchestrator.finished_checked', true), '');
       k campaigns;
     begin
+      if position(new.campaign_id::text in checked) > 0 then
+        return null;
+      end if;
+      perform set_config('orchestrator.finished_checked', checked || new.campaign_id::text || ',', true);
       if not exists (select 1 from webhook_endpoints where enabled) then
         return null;
       end if;
       perform pg_advisory_xact_lock(${sql.raw(LOCK)});
       if exists (select 1 from calls c
                   where c.campaign_id = new.campaign_id and c.status in ('PENDING', 'IN_PROGRESS')) then
-        return null;
-      end if;
-      if exists (select 1 from (
-                   select e.type, e.xmin from webhook_events e
-                    where e.campaign_id = new.campaign_id and e.call_id is null
-                    order by e.sequence desc limit 1) last
-                  where last.type = 'campaign.finished' and last.xmin = pg_current_xact_id()::xid) then
         return null;
       end if;
       select * into k from campaigns where id = new.campaign_id;
@@ -151,7 +152,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     ],
     [
       'function calls_campaign_finished()',
-      'Deferred trigger on calls: when a call of a campaign became final and the campaign has no call PENDING or IN_PROGRESS left, writes campaign.finished (once per transaction) when any webhook endpoint is enabled.',
+      'Deferred trigger on calls: when a call of a campaign became final and the campaign has no call PENDING or IN_PROGRESS left, writes campaign.finished (at most once per transaction) when any webhook endpoint is enabled.',
     ],
     [
       'column webhook_events.sequence',
