@@ -223,6 +223,32 @@ function renderCampaigns(data) {
   )
 }
 
+// Failing endpoints come first (the query orders them); backlog and age say how far behind an endpoint is.
+function renderWebhooks(data) {
+  const w = data.webhooks
+  $('webhook-summary').textContent = `${w.healthy} healthy, ${w.failing} failing, ${w.disabled} disabled`
+  const rows = w.endpoints.map((e) =>
+    el(
+      'tr',
+      { 'data-endpoint-id': e.id },
+      el('td', { class: 'mono', title: e.id }, e.url),
+      el('td', {}, el('span', { class: `badge ${e.health}` }, e.health)),
+      el('td', { class: 'backlog' }, String(e.backlog)),
+      el('td', {}, String(e.retrying)),
+      el('td', { class: 'mono' }, e.oldestUndeliveredSec === null ? '–' : duration(e.oldestUndeliveredSec)),
+      el('td', { class: 'mono' }, e.lastSuccessAt ? clock(e.lastSuccessAt) : '–'),
+      el(
+        'td',
+        {},
+        e.disabledReason ?? (e.failingSince ? `failing since ${new Date(e.failingSince).toLocaleString()}` : ''),
+      ),
+    ),
+  )
+  $('webhooks').replaceChildren(
+    ...(rows.length > 0 ? rows : [el('tr', {}, el('td', { colspan: '7' }, 'no webhook endpoints'))]),
+  )
+}
+
 // ---- polling ----
 
 function render(data) {
@@ -247,6 +273,7 @@ function render(data) {
     false,
   )
   renderCampaigns(data)
+  renderWebhooks(data)
   renderRecent(data)
 }
 
