@@ -3,6 +3,7 @@ import pg from 'pg'
 import { Webhook } from 'standardwebhooks'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { deleteEndpoint } from '../src/notify/endpoints.ts'
+import { sweepCampaignCalls } from '../src/sql/sweep.ts'
 import { closedWindow, NUMBERS } from './campaign-helpers.ts'
 import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
@@ -202,6 +203,32 @@ describe('campaign events', () => {
       for (const c of clients) await c.end()
     }
     expect(await campaignEvents(k)).toEqual([{ type: 'campaign.finished', sequence: 1 }])
+  })
+
+  it('writes campaign.finished when the sweep expires the last calls of a campaign past its endsAt', async () => {
+    await endpoint({ url: (await receiver()).url })
+    const k = await campaign({
+      callingWindow: closedWindow('Asia/Riyadh'),
+      endsAt: new Date(Date.now() + 3_600_000).toISOString(),
+    })
+    await callsOf(k, 3, (i) => NUMBERS.riyadh(600 + i))
+    await sql`update campaigns set ends_at = now() - interval '1 second' where id = ${k}::uuid`.execute(t.db)
+    // the service's own sweep runs too (every 100 ms): whichever ends the last call writes the event
+    await waitFor('the calls expired', async () => {
+      await sweepCampaignCalls(t.db)
+      const { rows } = await sql<{ status: string; n: number }>`
+        select status, count(*)::int as n from calls where campaign_id = ${k}::uuid group by status`.execute(t.db)
+      return rows.length === 1 && rows[0]?.status === 'EXPIRED' && rows[0].n === 3
+    })
+    expect(await campaignEvents(k)).toEqual([{ type: 'campaign.finished', sequence: 1 }])
+  })
+
+  it('lists the campaign event types in the OpenAPI document', async () => {
+    const doc = (await s.svc.app.inject({ method: 'GET', url: '/docs/json' })).json()
+    const create = doc.paths['/api/v1/webhook-endpoints'].post.requestBody.content['application/json'].schema
+    expect(JSON.stringify(create.properties.events)).toContain('"campaign.finished"')
+    const listEvents = doc.paths['/api/v1/events'].get.parameters.find((p: { name: string }) => p.name === 'type')
+    for (const type of CAMPAIGN_TYPES) expect(JSON.stringify(listEvents.schema)).toContain(`"${type}"`)
   })
 
   it('refuses an unknown event type with a machine-readable 400', async () => {
