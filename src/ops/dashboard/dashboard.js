@@ -31,6 +31,8 @@ function svg(tag, attrs = {}, text) {
 const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour12: false })
 const hhmm = (iso) => new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false })
 const last4 = (phone) => phone.slice(-4)
+// a time of day alone would hide that an endpoint last succeeded days ago
+const when = (iso) => (Date.now() - new Date(iso) < 86_400_000 ? clock(iso) : new Date(iso).toLocaleString())
 
 function duration(sec, short = false) {
   const s = Math.max(0, Math.floor(sec))
@@ -236,7 +238,7 @@ function renderWebhooks(data) {
       el('td', { class: 'backlog' }, String(e.backlog)),
       el('td', {}, String(e.retrying)),
       el('td', { class: 'mono' }, e.oldestUndeliveredSec === null ? '–' : duration(e.oldestUndeliveredSec)),
-      el('td', { class: 'mono' }, e.lastSuccessAt ? clock(e.lastSuccessAt) : '–'),
+      el('td', { class: 'mono', title: e.lastSuccessAt ?? '' }, e.lastSuccessAt ? when(e.lastSuccessAt) : '–'),
       el(
         'td',
         {},
