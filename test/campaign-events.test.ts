@@ -155,7 +155,7 @@ describe('campaign events', () => {
     expect(r.received[2]?.headers['webhook-id']).toBe(finished.id)
   })
 
-  it('writes no campaign.finished while a call of the campaign is still open, nor for an empty campaign', async () => {
+  it('writes no campaign.finished while a call of the campaign is still open, nor for a campaign without calls', async () => {
     await endpoint({ url: (await receiver()).url })
     const k = await campaign({ callingWindow: closedWindow('Asia/Riyadh') })
     const [a, b] = await callsOf(k, 2, (i) => NUMBERS.riyadh(400 + i))
@@ -163,9 +163,15 @@ describe('campaign events', () => {
     expect(await campaignEvents(k)).toEqual([])
     expect((await s.api('POST', `/api/v1/calls/${b}/cancel`)).statusCode).toBe(200)
     expect(await campaignEvents(k)).toEqual([{ type: 'campaign.finished', sequence: 1 }])
+    // a pause of a paused campaign changes nothing and writes nothing; a campaign without calls never finishes
     const empty = await campaign()
+    await post(`/api/v1/campaigns/${empty}/pause`)
+    await post(`/api/v1/campaigns/${empty}/pause`)
     await post(`/api/v1/campaigns/${empty}/cancel`)
-    expect(await campaignEvents(empty)).toEqual([{ type: 'campaign.canceled', sequence: 1 }])
+    expect(await campaignEvents(empty)).toEqual([
+      { type: 'campaign.paused', sequence: 1 },
+      { type: 'campaign.canceled', sequence: 2 },
+    ])
   })
 
   // Two transactions end the campaign's last two calls and commit at once: each alone sees the other's call still
