@@ -7,6 +7,7 @@ import { type Browser, chromium, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Service, startService } from '../src/service.ts'
 import { saveDispatchSettings } from '../src/sql/settings.ts'
+import { createTestDb, type TestDb } from './db.ts'
 import { apiOnly, log, phone, testConfig, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'
 
@@ -192,4 +193,100 @@ describe('GET /dashboard', () => {
       }
     },
   )
+})
+
+// The webhook endpoints panel, on a database of its own (no dispatcher or relay touches its endpoints): one endpoint
+// of each health, deliveries in every state, a URL whose query string carries a token.
+describe('the webhook endpoints panel', () => {
+  let w: TestDb
+  let failing: string
+  beforeAll(async () => {
+    w = await createTestDb()
+    const db = w.db
+    const { rows: eps } = await sql<{ id: string; url: string }>`
+      insert into webhook_endpoints (url, secret, enabled, disabled_reason, failing_since, last_success_at)
+      values ('https://ok.example.com/hooks', 'whsec_a', true, null, null, now() - interval '1 minute'),
+             ('https://slow.example.com/in?token=t0ps3cret', 'whsec_b', true, null, now() - interval '5 minutes',
+              now() - interval '10 minutes'),
+             ('https://gone.example.com/hooks', 'whsec_c', false, 'the endpoint answered 410 Gone', null, null)
+      returning id, url`.execute(db)
+    const [ok, slow, gone] = eps.map((e) => e.id) as [string, string, string]
+    failing = slow
+    // two calls, so two call.created events (the trigger writes them while an endpoint is enabled)
+    await sql`
+      insert into calls (to_phone, script_id, expires_at, next_attempt_at)
+      select '+96650200000' || n, 'test', now() + interval '2 hours', now() + interval '1 hour'
+        from generate_series(1, 2) n`.execute(db)
+    const { rows: events } = await sql<{ id: string; call_id: string }>`
+      select id, call_id from webhook_events order by created_at`.execute(db)
+    const [e1, e2] = events as [{ id: string; call_id: string }, { id: string; call_id: string }]
+    await sql`
+      insert into webhook_deliveries (endpoint_id, event_id, line_id, sequence, state, attempts, created_at)
+      values (${ok}::uuid, ${e1.id}::uuid, ${e1.call_id}::uuid, 1, 'delivered', 1, now() - interval '2 minutes'),
+             (${slow}::uuid, ${e1.id}::uuid, ${e1.call_id}::uuid, 1, 'queued', 3, now() - interval '90 seconds'),
+             (${slow}::uuid, ${e2.id}::uuid, ${e2.call_id}::uuid, 1, 'queued', 0, now() - interval '30 seconds'),
+             (${gone}::uuid, ${e2.id}::uuid, ${e2.call_id}::uuid, 1, 'failed', 1, now() - interval '30 seconds')
+    `.execute(db)
+  })
+  afterAll(async () => {
+    await w?.drop()
+  })
+
+  it('reports health counts, and per endpoint the backlog and the age of its oldest undelivered event', async () => {
+    const app = await apiOnly(w)
+    try {
+      const res = await app.inject({ method: 'GET', url: '/api/v1/dashboard' })
+      expect(res.statusCode).toBe(200)
+      const { webhooks } = res.json().data
+      expect([webhooks.healthy, webhooks.failing, webhooks.disabled]).toEqual([1, 1, 1])
+      expect(
+        webhooks.endpoints.map((e: { url: string; health: string; backlog: number; retrying: number }) => [
+          e.url,
+          e.health,
+          e.backlog,
+          e.retrying,
+        ]),
+      ).toEqual([
+        ['https://slow.example.com/in', 'failing', 2, 1],
+        ['https://ok.example.com/hooks', 'healthy', 0, 0],
+        ['https://gone.example.com/hooks', 'disabled', 0, 0],
+      ])
+      const [slow, ok, gone] = webhooks.endpoints
+      expect(slow.id).toBe(failing)
+      expect(slow.oldestUndeliveredSec).toBeGreaterThanOrEqual(89)
+      expect(slow.oldestUndeliveredSec).toBeLessThan(3600)
+      expect(slow.failingSince).not.toBeNull()
+      expect(ok.oldestUndeliveredSec).toBeNull()
+      expect(gone.disabledReason).toMatch(/410/)
+      // neither the receiver's token nor a secret leaves the service
+      expect(res.body).not.toContain('t0ps3cret')
+      expect(res.body).not.toContain('whsec_')
+    } finally {
+      await app.close()
+    }
+  })
+
+  it.skipIf(!hasBrowser)(`shows the panel, failing endpoints first${skipNote}`, async () => {
+    const app = await apiOnly(w)
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const other = await browser.newPage()
+    const errors: string[] = []
+    other.on('pageerror', (err) => errors.push(err.message))
+    try {
+      const { port } = app.server.address() as { port: number }
+      await other.goto(`http://127.0.0.1:${port}/dashboard`)
+      await other.waitForFunction(() => document.body.dataset.loaded === 'true', undefined, { timeout: 5000 })
+      expect(await other.locator('#webhook-summary').textContent()).toBe('1 healthy, 1 failing, 1 disabled')
+      const rows = other.locator('#webhooks tr')
+      expect(await rows.count()).toBe(3)
+      expect(await rows.first().getAttribute('data-endpoint-id')).toBe(failing)
+      expect(await rows.first().locator('.badge').textContent()).toBe('failing')
+      expect(await rows.first().locator('.backlog').textContent()).toBe('2')
+      expect(await rows.nth(2).textContent()).toContain('410 Gone')
+      expect(errors).toEqual([])
+    } finally {
+      await other.close()
+      await app.close()
+    }
+  })
 })

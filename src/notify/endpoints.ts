@@ -14,6 +14,10 @@ export const EVENT_TYPES = [
   'call.failed',
   'call.expired',
   'call.canceled',
+  'campaign.paused',
+  'campaign.resumed',
+  'campaign.canceled',
+  'campaign.finished',
 ] as const
 export type EventType = (typeof EVENT_TYPES)[number]
 

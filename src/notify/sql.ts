@@ -55,10 +55,12 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
     ), published as (
       update webhook_events e set published = true from batch b where e.id = b.id returning e.id
     ), targets as (
-      select b.id as event_id, b.call_id as line_id, b.sequence, b.created_at, ep.id as endpoint_id
+      -- a call's events form its line; a campaign's own events (call_id null) form the campaign's (migration 0050)
+      select b.id as event_id, coalesce(b.call_id, b.campaign_id) as line_id, b.sequence, b.created_at,
+             ep.id as endpoint_id
         from batch b
         join webhook_endpoints ep
-          on ep.enabled and b.call_id is not null
+          on ep.enabled and b.sequence is not null
          and (ep.events is null or b.type = any(ep.events))
          and (ep.campaign_id is null or ep.campaign_id = b.campaign_id)
     ), busy as (
@@ -365,11 +367,11 @@ export async function redeliverEvent(
 ): Promise<DeliveryJob[] | undefined | 'not_deliverable'> {
   const event = await db
     .selectFrom('webhook_events')
-    .select(['id', 'call_id'])
+    .select(['id', 'sequence'])
     .where('id', '=', eventId)
     .executeTakeFirst()
   if (!event) return undefined
-  if (event.call_id === null) return 'not_deliverable'
+  if (event.sequence === null) return 'not_deliverable'
   return db.transaction().execute(async (trx) => {
     await sql`select pg_advisory_xact_lock(${RELAY_LOCK})`.execute(trx)
     const { rows } = await sql<DeliveryJob>`
@@ -382,7 +384,7 @@ export async function redeliverEvent(
         returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation, d.sequence
       ), added as (
         insert into webhook_deliveries (endpoint_id, event_id, line_id, sequence, state)
-        select ep.id, e.id, e.call_id, e.sequence, 'queued'
+        select ep.id, e.id, coalesce(e.call_id, e.campaign_id), e.sequence, 'queued'
           from webhook_events e
           join webhook_endpoints ep
             on ep.enabled and (ep.events is null or e.type = any(ep.events))

@@ -1,7 +1,7 @@
 import { type Kysely, sql } from 'kysely'
 import type { DB } from '../db/database.ts'
 
-// The dashboard's two reads, each one statement. Read-only; phones leave the database masked (mask_phone, 0003).
+// The dashboard's reads, each one statement. Read-only; phones leave the database masked (mask_phone, 0003).
 // The per-minute series reads call_events through call_events_recent (created_at): 30 minutes of events, not the
 // whole calls table, whose ended_at has no index.
 
@@ -59,6 +59,72 @@ export async function dashboardCampaigns(db: Kysely<DB>, limit = 20): Promise<Ca
      limit ${limit}::int
   `.execute(db)
   return rows.map((r) => ({ ...r, nextEligibleAt: r.nextEligibleAt ? new Date(r.nextEligibleAt).toISOString() : null }))
+}
+
+export interface WebhookEndpointRow {
+  id: string
+  /** Scheme, host and path only: a query string can carry a receiver's token. */
+  url: string
+  health: 'healthy' | 'failing' | 'disabled'
+  disabledReason: string | null
+  failingSince: string | null
+  lastSuccessAt: string | null
+  /** Deliveries not yet delivered or given up (waiting or queued). */
+  backlog: number
+  retrying: number
+  oldestUndeliveredSec: number | null
+}
+
+export interface WebhooksPanel {
+  healthy: number
+  failing: number
+  disabled: number
+  endpoints: WebhookEndpointRow[]
+}
+
+/**
+ * The webhook endpoints panel: health counts over all endpoints, and the `limit` endpoints most in need of a look
+ * (failing, then by backlog) with their backlog and the age of their oldest undelivered event. Health is the rule of
+ * webhook_delivery_overview (migration 0020); the backlog is read, like the Prometheus gauges (ops/webhook-metrics.ts),
+ * through the partial index of undone deliveries, where the view counts every delivery the endpoint ever had.
+ */
+export async function dashboardWebhooks(db: Kysely<DB>, limit = 20): Promise<WebhooksPanel> {
+  const { rows } = await sql<{ panel: WebhooksPanel }>`
+    with ep as (
+      select ep.id, regexp_replace(ep.url, '[?#].*$', '') as url,
+             case when not ep.enabled then 'disabled' when ep.failing_since is not null then 'failing'
+                  else 'healthy' end as health,
+             ep.disabled_reason, ep.failing_since, ep.last_success_at, ep.created_at,
+             coalesce(d.backlog, 0) as backlog, coalesce(d.retrying, 0) as retrying, d.oldest
+        from webhook_endpoints ep
+        left join lateral (
+          select count(*)::int as backlog,
+                 count(*) filter (where state = 'queued' and attempts > 0)::int as retrying,
+                 min(created_at) as oldest
+            from webhook_deliveries
+           where endpoint_id = ep.id and state in ('waiting', 'queued')
+        ) d on true
+    ), shown as (
+      select * from ep
+       order by health = 'failing' desc, backlog desc, health = 'disabled', created_at, id
+       limit ${limit}::int
+    )
+    select jsonb_build_object(
+             'healthy', (select count(*) from ep where health = 'healthy'),
+             'failing', (select count(*) from ep where health = 'failing'),
+             'disabled', (select count(*) from ep where health = 'disabled'),
+             'endpoints', coalesce((
+               select jsonb_agg(jsonb_build_object(
+                        'id', id, 'url', url, 'health', health, 'disabledReason', disabled_reason,
+                        'failingSince', failing_since, 'lastSuccessAt', last_success_at, 'backlog', backlog,
+                        'retrying', retrying,
+                        'oldestUndeliveredSec', round(extract(epoch from now() - oldest)::numeric, 1))
+                      order by health = 'failing' desc, backlog desc, health = 'disabled', created_at, id)
+                 from shown), '[]'::jsonb)) as panel
+  `.execute(db)
+  const panel = rows[0]?.panel
+  if (!panel) throw new Error('webhooks panel query returned no row')
+  return panel
 }
 
 export async function dashboardState(db: Kysely<DB>): Promise<DashboardState> {

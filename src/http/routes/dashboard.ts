@@ -2,7 +2,13 @@ import { readFile } from 'node:fs/promises'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { cachedFor } from '../../ops/cached.ts'
-import { DASHBOARD_MINUTES, dashboardCampaigns, dashboardState, recentCalls } from '../../sql/dashboard.ts'
+import {
+  DASHBOARD_MINUTES,
+  dashboardCampaigns,
+  dashboardState,
+  dashboardWebhooks,
+  recentCalls,
+} from '../../sql/dashboard.ts'
 import type { AppDeps } from '../deps.ts'
 
 // The live dashboard: a static page (src/ops/dashboard/, no build step) that polls GET /api/v1/dashboard. The JSON is
@@ -61,6 +67,28 @@ const Dashboard = Type.Object({
       }),
       { description: 'Campaigns not canceled (or with calls still open), newest first, at most 20' },
     ),
+    webhooks: Type.Object(
+      {
+        healthy: Type.Integer(),
+        failing: Type.Integer({ description: 'Enabled, with a failed delivery since the last success' }),
+        disabled: Type.Integer(),
+        endpoints: Type.Array(
+          Type.Object({
+            id: Type.String({ format: 'uuid' }),
+            url: Type.String({ description: 'scheme, host and path; no query string' }),
+            health: Type.Enum(['healthy', 'failing', 'disabled']),
+            disabledReason: Nullable(Type.String()),
+            failingSince: Nullable(Timestamp),
+            lastSuccessAt: Nullable(Timestamp),
+            backlog: Type.Integer({ description: 'Deliveries not yet delivered or given up' }),
+            retrying: Type.Integer({ description: 'Of the backlog: deliveries waiting for a retry' }),
+            oldestUndeliveredSec: Nullable(Type.Number()),
+          }),
+          { description: 'Failing endpoints first, then by backlog; at most 20' },
+        ),
+      },
+      { description: 'Client webhook endpoints: health counts, backlog and the age of the oldest undelivered event' },
+    ),
     recent: Type.Array(
       Type.Object({
         id: Type.String({ format: 'uuid' }),
@@ -100,14 +128,16 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
   }
 
   const load = cachedFor(1000, async () => {
-    const [state, recent, campaigns] = await Promise.all([
+    const [state, recent, campaigns, webhooks] = await Promise.all([
       dashboardState(db),
       recentCalls(db, 20),
       dashboardCampaigns(db),
+      dashboardWebhooks(db),
     ])
     return {
       ...state,
       campaigns,
+      webhooks,
       maxConcurrentCalls: state.maxConcurrentCalls ?? config.dispatch.maxConcurrentCalls,
       callTimeoutSec: config.dispatch.callTimeoutMs / 1000,
       recent,
@@ -120,7 +150,8 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, {
       schema: {
         operationId: 'getDashboard',
         tags: ['ops'],
-        summary: 'What the dashboard shows: slots, backlog, calls per minute, the latest 20 calls with their history',
+        summary:
+          'What the dashboard shows: slots, backlog, calls per minute, campaigns, webhook endpoints, the latest 20 calls with their history',
         response: { 200: Dashboard },
       },
     },

@@ -31,7 +31,9 @@ const CreateBody = Type.Object(
   {
     url: Url,
     events: Type.Optional(Nullable(Events)),
-    campaignId: Type.Optional(Nullable(Type.String({ format: 'uuid', description: "Only this campaign's calls" }))),
+    campaignId: Type.Optional(
+      Nullable(Type.String({ format: 'uuid', description: "Only this campaign's calls and its campaign events" })),
+    ),
     description: Type.Optional(Nullable(Description)),
   },
   { additionalProperties: false },
@@ -117,7 +119,7 @@ export const webhookEndpointRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (
       schema: {
         operationId: 'createWebhookEndpoint',
         tags,
-        summary: 'Register a URL for call events; the signing secret is in this response only',
+        summary: 'Register a URL for call and campaign events; the signing secret is in this response only',
         body: CreateBody,
         response: {
           201: Type.Object({

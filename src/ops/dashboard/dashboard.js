@@ -31,6 +31,8 @@ function svg(tag, attrs = {}, text) {
 const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour12: false })
 const hhmm = (iso) => new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false })
 const last4 = (phone) => phone.slice(-4)
+// a time of day alone would hide that an endpoint last succeeded days ago
+const when = (iso) => (Date.now() - new Date(iso) < 86_400_000 ? clock(iso) : new Date(iso).toLocaleString())
 
 function duration(sec, short = false) {
   const s = Math.max(0, Math.floor(sec))
@@ -223,6 +225,32 @@ function renderCampaigns(data) {
   )
 }
 
+// Failing endpoints come first (the query orders them); backlog and age say how far behind an endpoint is.
+function renderWebhooks(data) {
+  const w = data.webhooks
+  $('webhook-summary').textContent = `${w.healthy} healthy, ${w.failing} failing, ${w.disabled} disabled`
+  const rows = w.endpoints.map((e) =>
+    el(
+      'tr',
+      { 'data-endpoint-id': e.id },
+      el('td', { class: 'mono', title: e.id }, e.url),
+      el('td', {}, el('span', { class: `badge ${e.health}` }, e.health)),
+      el('td', { class: 'backlog' }, String(e.backlog)),
+      el('td', {}, String(e.retrying)),
+      el('td', { class: 'mono' }, e.oldestUndeliveredSec === null ? '–' : duration(e.oldestUndeliveredSec)),
+      el('td', { class: 'mono', title: e.lastSuccessAt ?? '' }, e.lastSuccessAt ? when(e.lastSuccessAt) : '–'),
+      el(
+        'td',
+        {},
+        e.disabledReason ?? (e.failingSince ? `failing since ${new Date(e.failingSince).toLocaleString()}` : ''),
+      ),
+    ),
+  )
+  $('webhooks').replaceChildren(
+    ...(rows.length > 0 ? rows : [el('tr', {}, el('td', { colspan: '7' }, 'no webhook endpoints'))]),
+  )
+}
+
 // ---- polling ----
 
 function render(data) {
@@ -247,6 +275,7 @@ function render(data) {
     false,
   )
   renderCampaigns(data)
+  renderWebhooks(data)
   renderRecent(data)
 }
 
