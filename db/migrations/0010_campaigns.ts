@@ -241,7 +241,7 @@ async function createEndAttempt(db: Kysely<any>) {
 // room * 2 + 8 due rows per group: paused, canceled, unstarted and ended campaigns are never walked, and calls
 // waiting for their window are not due. A walked call whose window is closed (a retry that fell due at night, a
 // window changed by PATCH) or whose phone reached the campaign's daily limit is moved to when it may ring.
-async function createClaim(db: Kysely<any>) {
+export async function createClaim(db: Kysely<any>) {
   await sql`
     create or replace function claim_due_calls(slot_cap integer, max_claims integer) returns setof calls
     language plpgsql volatile
