@@ -172,7 +172,7 @@ export async function up(db: Kysely<any>): Promise<void> {
 // that failed) when it has a rule for it or a maxAttempts; a rule's delay has no jitter, so it is what the client
 // asked. A retry that would fall due outside the window waits for its next opening. A retry of a canceled
 // campaign's call ends CANCELED instead: cancel promises that no call of it is dialed again.
-async function createEndAttempt(db: Kysely<any>) {
+export async function createEndAttempt(db: Kysely<any>) {
   await sql`
     create function campaign_end_attempt(
       p_campaign uuid, p_zones text[], p_next text, p_spends boolean, p_delay_sec float8,

@@ -155,7 +155,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     ), decided as (
       -- campaigns (migration 0010): a campaign's retryPolicy may override r.next, a retry waits for the calling
       -- window, and a retry of a canceled campaign's call ends CANCELED. For other calls this is r.next unchanged.
-      select r.ord, d.next, d.next_at
+      select r.ord, d.next, d.next_at, d.due_at
         from report r join calls c on c.id = r.call_id
         cross join lateral campaign_end_attempt(c.campaign_id, c.time_zones, r.next, r.refund = 0, r.delay_sec,
                                                 r.outcome, r.event_kind, r.attempt, r.error ->> 'code') d
@@ -165,6 +165,8 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
          set status           = d.next,
              attempts         = c.attempts - r.refund,
              next_attempt_at  = case when d.next = 'PENDING' then d.next_at else c.next_attempt_at end,
+             -- the retry delay's end before the window moved it (migration 0043): a window change keeps it
+             retry_at         = case when d.next = 'PENDING' then d.due_at else c.retry_at end,
              ended_at         = case when d.next = 'PENDING' then null else now() end,
              last_error       = r.error,
              last_outcome     = coalesce(r.outcome, c.last_outcome),
