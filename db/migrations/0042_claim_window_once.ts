@@ -1,17 +1,19 @@
 import { type Kysely, sql } from 'kysely'
 
-// The claim of 0010 with two costs removed; every rule of 0010 is kept as it was (docs/campaigns.md).
+// The claim of 0010 with four costs removed; every rule of 0010 is kept as it was (docs/campaigns.md).
 // - The calls without a campaign were walked through calls_dispatch_queue (next_attempt_at, id), which holds every
 //   campaign's due calls too: each claim stepped over all of them (970 rows on the benchmark's backlog, 20,000
 //   while a large campaign has a due backlog). They are now walked through calls_campaign_queue's null prefix.
 // - window_open() ran once per walked call; it is a SQL function with a subquery, never inlined, and is now judged
 //   once per campaign and zone set among the walked calls.
+// - Each active campaign counted its calls in progress by scanning all of them, and each claimed call looked for
+//   its campaign's daily limit by scanning every active campaign: both grew with the number of campaigns.
 // Measured on the benchmark's backlog (100,000 PENDING over 100 campaigns, 99,000 outside their window, 30 claimed;
-// scripts/bench/campaigns.ts), 0010's claim and this one alternating in one session, 380 rounds each, load average
-// 5 on the shared 2-core machine: median 4.30 -> 3.22 ms, min 3.39 -> 2.53 ms. What is left is mostly the claim's
-// writes: one claimed call costs about 85 us (30 claimed 3.7 ms, 1 claimed 1.2 ms, none 0.6 ms), its update of
-// calls and the CLAIMED history row with their indexes and triggers; the 100 index probes, one per active campaign,
-// took 0.3 ms (EXPLAIN ANALYZE).
+// scripts/bench/campaigns.ts), 0010's claim and this one alternating in one session, 380 rounds each, on the shared
+// 2-core machine at load average 2.5: median 3.69 -> 2.55 ms (p99 9.77 -> 5.24); with 900 more campaigns whose
+// calls are not due, 7.76 -> 3.73 ms. Writing the 30 claims alone (their update and CLAIMED rows, no walk) took a
+// median of 2.05 ms in the same run: that, not the campaigns, is most of the claim now. What still grows with the
+// campaigns is one index probe of calls_campaign_queue per active campaign, about 1.3 us each.
 
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`
@@ -30,11 +32,16 @@ export async function up(db: Kysely<any>): Promise<void> {
           select c.campaign_id from calls c where c.status = 'IN_PROGRESS'
         ), free as (
           select least(greatest(slot_cap - count(*)::int, 0), max_claims) as slots from live
+        ), busy as (
+          select live.campaign_id, count(*)::int as n from live where live.campaign_id is not null group by 1
         ), groups as (
-          select k.id, k.priority, k.calling_window, k.max_dials_per_phone_per_day as daily_limit, n.busy,
-                 least(coalesce(k.max_concurrent_calls, slot_cap) - n.busy, (select slots from free)) as room
+          -- busy has a row per campaign with calls in progress (at most the cap), so each campaign reads a few rows
+          -- instead of scanning every call in progress
+          select k.id, k.priority, k.calling_window, k.max_dials_per_phone_per_day as daily_limit,
+                 coalesce(b.n, 0) as busy,
+                 least(coalesce(k.max_concurrent_calls, slot_cap) - coalesce(b.n, 0), (select slots from free)) as room
             from campaigns k
-            cross join lateral (select count(*)::int as busy from live where live.campaign_id = k.id) n
+            left join busy b on b.campaign_id = k.id
            where k.status = 'ACTIVE' and (k.starts_at is null or k.starts_at <= now())
              and (k.ends_at is null or k.ends_at > now())
         ), walked as (
@@ -114,8 +121,9 @@ export async function up(db: Kysely<any>): Promise<void> {
           returning c.*
         ), counted as (
           insert into campaign_dials (campaign_id, to_phone)
-          select claimed.campaign_id, claimed.to_phone from claimed
-           where claimed.campaign_id in (select id from groups where daily_limit is not null)
+          select claimed.campaign_id, claimed.to_phone
+            from claimed join campaigns k on k.id = claimed.campaign_id
+           where k.max_dials_per_phone_per_day is not null
         ), history as (
           insert into call_events (call_id, attempt, kind, status)
           select claimed.id, claimed.attempts, 'CLAIMED', 'IN_PROGRESS' from claimed
