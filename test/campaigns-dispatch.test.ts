@@ -245,7 +245,12 @@ describe('suppression', () => {
 
 describe('retry rules per outcome', () => {
   it('retries each outcome after its own delay, measured at the simulator', async () => {
-    stack = await startStack(t, { MAX_RETRY_ATTEMPTS: '5' }, { callDurationMs: 30, outcomes: { BUSY: 1 } })
+    // the environment's delay is a minute, so only a wake-up at the rule's time dials these retries when they are due
+    stack = await startStack(
+      t,
+      { MAX_RETRY_ATTEMPTS: '5', RETRY_BASE_DELAY_MS: '60000', RETRY_MAX_DELAY_MS: '60000' },
+      { callDurationMs: 30, outcomes: { BUSY: 1 } },
+    )
     const id = await campaign(stack, {
       retryPolicy: {
         maxAttempts: 3,
