@@ -3,6 +3,8 @@ import pg from 'pg'
 import { beforeEach, describe, expect, it } from 'vitest'
 import { CALL_ERRORS } from '../src/dispatch/call-state.ts'
 import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
+import { insertCampaign } from '../src/sql/campaigns.ts'
+import { closedWindow } from './campaign-helpers.ts'
 import { useTestDb } from './kit.ts'
 import { callIn } from './seed.ts'
 import { resetTables } from './stack.ts'
@@ -53,7 +55,7 @@ describe('endAttempts', () => {
     ])
     expect(results).toEqual([
       { outcome: 'applied', status: 'COMPLETED', freedSlot: true },
-      { outcome: 'applied', status: 'PENDING', freedSlot: true },
+      { outcome: 'applied', status: 'PENDING', freedSlot: true, dueInMs: expect.closeTo(60_000, -3) },
       { outcome: 'stale', status: 'IN_PROGRESS', freedSlot: false },
       { outcome: 'duplicate', status: 'COMPLETED', freedSlot: false },
       { outcome: 'late', status: 'COMPLETED', freedSlot: false },
@@ -77,6 +79,32 @@ describe('endAttempts', () => {
       [timedOut, 'late'],
     ])
     expect(rows[0]?.provider).toBe(`sim_${live.slice(0, 4)}`)
+  })
+
+  it("says when a campaign's retry is due: its rule's delay, moved to the window's next opening", async () => {
+    const busy = { next: 'PENDING', delayMs: 60_000, spendsAttempt: true, throttled: false } as const
+    const error = { code: 'BUSY', message: 'busy' }
+    const rule = { retryPolicy: { outcomes: { BUSY: { retry: true, delayMs: 300 } } } }
+    const open = await insertCampaign(t.db, { name: 'open', ...rule })
+    const closed = await insertCampaign(t.db, {
+      name: 'closed',
+      ...rule,
+      callingWindow: { ...closedWindow('UTC', 'UTC'), days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] },
+    })
+    const inOpen = await callIn(t, 'IN_PROGRESS')
+    const inClosed = await callIn(t, 'IN_PROGRESS')
+    await sql`update calls set campaign_id = ${open.id}::uuid where id = ${inOpen}::uuid`.execute(t.db)
+    await sql`update calls set campaign_id = ${closed.id}::uuid where id = ${inClosed}::uuid`.execute(t.db)
+    const [a, b] = await endAttempts(t.db, [
+      { ...report(inOpen, 1, { ...busy, error }), outcome: 'BUSY' },
+      { ...report(inClosed, 1, { ...busy, error }), outcome: 'BUSY' },
+    ])
+    // the dispatcher's wake-up (src/dispatch/recorder.ts) is set from this, not from the environment's 60 s
+    expect(a).toMatchObject({ status: 'PENDING', dueInMs: expect.closeTo(300, -2) })
+    expect(b?.status).toBe('PENDING')
+    const opensAt = new Date((await row(inClosed)).next_attempt_at).getTime()
+    expect(b?.dueInMs).toBeGreaterThan(118 * 60_000) // closedWindow opens in two hours
+    expect(Math.abs(Date.now() + (b?.dueInMs ?? 0) - opensAt)).toBeLessThan(60_000)
   })
 
   it('settles the latest attempt once from a late report, whatever state an unknown or failed dial left it in', async () => {

@@ -229,6 +229,48 @@ describe('calls in a campaign', () => {
   })
 })
 
+describe("PATCH of a call's number", () => {
+  it('refuses a new number that a create would refuse: NO_CALLING_WINDOW, PHONE_SUPPRESSED', async () => {
+    // Guam 09:00-17:00 and Newfoundland 09:00-17:00 never overlap: the toll-free number has no common time
+    const id = await campaign({
+      callingWindow: { timezone: 'recipient', fallbackTimezone: 'UTC', start: '09:00', end: '17:00' },
+    })
+    const r = await api('POST', '/api/v1/calls', { to: NUMBERS.riyadh(40), scriptId: 's', campaignId: id })
+    expect(r.status).toBe(201)
+    const noWindow = await api('PATCH', `/api/v1/calls/${r.body.data.id}`, { to: NUMBERS.tollFree })
+    expect(noWindow.status).toBe(422)
+    expect(noWindow.body.error.code).toBe('NO_CALLING_WINDOW')
+    expect(noWindow.body.error.details.timeZones).toContain('Pacific/Guam')
+    expect((await api('POST', '/api/v1/suppressions', { phone: NUMBERS.riyadh(41) })).status).toBe(200)
+    const suppressed = await api('PATCH', `/api/v1/calls/${r.body.data.id}`, { to: NUMBERS.riyadh(41) })
+    expect(suppressed.status).toBe(422)
+    expect(suppressed.body.error.code).toBe('PHONE_SUPPRESSED')
+    expect(await row(r.body.data.id)).toMatchObject({
+      to_phone: NUMBERS.riyadh(40),
+      time_zones: ['Asia/Riyadh'],
+      status: 'PENDING',
+    })
+  })
+
+  it("stores the new number's zones and moves the call to the window's next opening in them", async () => {
+    // read in each recipient's zone: open now in Riyadh (UTC+3), closed in Sydney (UTC+10/+11)
+    const id = await campaign({ callingWindow: openWindow('Asia/Riyadh') })
+    const r = await api('POST', '/api/v1/calls', { to: NUMBERS.sydney(40), scriptId: 's', campaignId: id })
+    expect(r.status).toBe(201)
+    expect(new Date((await row(r.body.data.id)).next_attempt_at).getTime()).toBeGreaterThan(Date.now() + 3_600_000)
+    const toRiyadh = await api('PATCH', `/api/v1/calls/${r.body.data.id}`, { to: NUMBERS.riyadh(42) })
+    expect(toRiyadh.status).toBe(200)
+    const moved = await row(r.body.data.id)
+    expect(moved.time_zones).toEqual(['Asia/Riyadh'])
+    expect(new Date(moved.next_attempt_at).getTime()).toBeLessThanOrEqual(Date.now() + 1000)
+    const back = await api('PATCH', `/api/v1/calls/${r.body.data.id}`, { to: NUMBERS.sydney(41) })
+    expect(back.status).toBe(200)
+    const waiting = await row(r.body.data.id)
+    expect(waiting.time_zones).toEqual(['Australia/Sydney'])
+    expect(new Date(waiting.next_attempt_at).getTime()).toBeGreaterThan(Date.now() + 3_600_000)
+  })
+})
+
 describe('cancel', () => {
   it('cancels 10,000 PENDING calls of the campaign in one statement and leaves other calls alone', async () => {
     const id = await campaign()

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { callIdOf, maxOverlap, NUMBERS, openWindow } from './campaign-helpers.ts'
+import { callIdOf, closedWindow, localHHMM, maxOverlap, NUMBERS, openWindow } from './campaign-helpers.ts'
 import { phone, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'
 import { resetTables, type Stack, startStack } from './stack.ts'
@@ -239,7 +239,12 @@ describe('suppression', () => {
 
 describe('retry rules per outcome', () => {
   it('retries each outcome after its own delay, measured at the simulator', async () => {
-    stack = await startStack(t, { MAX_RETRY_ATTEMPTS: '5' }, { callDurationMs: 30, outcomes: { BUSY: 1 } })
+    // the environment's delay is a minute, so only a wake-up at the rule's time dials these retries when they are due
+    stack = await startStack(
+      t,
+      { MAX_RETRY_ATTEMPTS: '5', RETRY_BASE_DELAY_MS: '60000', RETRY_MAX_DELAY_MS: '60000' },
+      { callDurationMs: 30, outcomes: { BUSY: 1 } },
+    )
     const id = await campaign(stack, {
       retryPolicy: {
         maxAttempts: 3,
@@ -279,6 +284,46 @@ describe('retry rules per outcome', () => {
     const rows = new Map((await rowsOf(id)).map((r) => [r.id, r]))
     expect(rows.get(busy as string)).toMatchObject({ status: 'FAILED', attempts: 3, last_outcome: 'BUSY' })
     expect(rows.get(voicemail as string)).toMatchObject({ status: 'FAILED', attempts: 1, last_outcome: 'VOICEMAIL' })
+  })
+})
+
+describe('a change of window', () => {
+  it("keeps a PENDING retry's delay: it rings at its due time or at the new window's opening, whichever is later", async () => {
+    stack = await startStack(t, {}, { callDurationMs: 30, outcomes: { BUSY: 1 } })
+    const id = await campaign(stack, {
+      callingWindow: openWindow('Asia/Riyadh'),
+      retryPolicy: { outcomes: { BUSY: { retry: true, delayMs: 600_000 } } },
+    })
+    const [callId] = await queue(stack, id, [NUMBERS.riyadh(6000)])
+    const row = () =>
+      t.db
+        .selectFrom('calls')
+        .selectAll()
+        .where('id', '=', callId as string)
+        .executeTakeFirstOrThrow()
+    const retry = await waitFor('the BUSY retry', async () => {
+      const r = await row()
+      return r.status === 'PENDING' && r.attempts === 1 && r
+    })
+    const dueAt = new Date(retry.next_attempt_at).getTime()
+    expect(dueAt).toBeGreaterThan(Date.now() + 500_000) // the rule's 10 minutes, inside the open window
+
+    // another window, open now and when the retry is due: the retry keeps its time
+    const open = await stack.api('PATCH', `/api/v1/campaigns/${id}`, {
+      callingWindow: openWindow('Asia/Riyadh', 'Asia/Riyadh'),
+    })
+    expect(open.statusCode).toBe(200)
+    const kept = await row()
+    expect(kept).toMatchObject({ status: 'PENDING', attempts: 1 })
+    expect(new Date(kept.next_attempt_at).getTime()).toBe(dueAt)
+
+    // a window that opens after the retry is due: the opening, two hours away
+    const later = await stack.api('PATCH', `/api/v1/campaigns/${id}`, { callingWindow: closedWindow('Asia/Riyadh') })
+    expect(later.statusCode).toBe(200)
+    const moved = new Date((await row()).next_attempt_at).getTime()
+    expect(moved).toBeGreaterThan(Date.now() + 118 * 60_000)
+    expect(localHHMM('Asia/Riyadh', (moved - Date.now()) / 60_000)).toBe(closedWindow('Asia/Riyadh').start)
+    expect(accepted(stack)).toHaveLength(1)
   })
 })
 

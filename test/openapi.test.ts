@@ -117,7 +117,7 @@ describe('the OpenAPI document', () => {
       createCallBatch: ['201', '404', '409', ...body, ...client].sort(),
       getCall: ['200', '400', '404', ...client].sort(),
       listCallEvents: ['200', '400', '404', ...client].sort(),
-      updateCall: ['200', '404', '409', ...body, ...client].sort(),
+      updateCall: ['200', '404', '409', '422', ...body, ...client].sort(),
       cancelCall: ['200', '404', '409', ...body, ...client].sort(),
       listCalls: ['200', '400', ...client].sort(),
       getMetrics: ['200', ...client].sort(),

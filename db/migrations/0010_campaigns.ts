@@ -172,7 +172,7 @@ export async function up(db: Kysely<any>): Promise<void> {
 // that failed) when it has a rule for it or a maxAttempts; a rule's delay has no jitter, so it is what the client
 // asked. A retry that would fall due outside the window waits for its next opening. A retry of a canceled
 // campaign's call ends CANCELED instead: cancel promises that no call of it is dialed again.
-async function createEndAttempt(db: Kysely<any>) {
+export async function createEndAttempt(db: Kysely<any>) {
   await sql`
     create function campaign_end_attempt(
       p_campaign uuid, p_zones text[], p_next text, p_spends boolean, p_delay_sec float8,
@@ -241,7 +241,7 @@ async function createEndAttempt(db: Kysely<any>) {
 // room * 2 + 8 due rows per group: paused, canceled, unstarted and ended campaigns are never walked, and calls
 // waiting for their window are not due. A walked call whose window is closed (a retry that fell due at night, a
 // window changed by PATCH) or whose phone reached the campaign's daily limit is moved to when it may ring.
-async function createClaim(db: Kysely<any>) {
+export async function createClaim(db: Kysely<any>) {
   await sql`
     create or replace function claim_due_calls(slot_cap integer, max_claims integer) returns setof calls
     language plpgsql volatile

@@ -67,3 +67,30 @@ async function zoneSetsWithoutWindow(db: Kysely<DB>, campaign: Campaign, calls: 
   `.execute(db)
   return new Set(rows.map((r) => r.key))
 }
+
+/**
+ * A PENDING call's new number passes the checks of a create: not suppressed, and a common open time in its zones
+ * (the call's campaign, if any). Returns the number's zones to store, or the 422 a create would answer. A canceled or
+ * missing campaign is left to the update, which finds no PENDING call of it.
+ */
+export async function admitNewNumber(
+  db: Kysely<DB>,
+  campaignId: string | null,
+  toPhone: string,
+): Promise<{ timeZones: string[]; error?: ApiError }> {
+  const call: NewCall = {
+    toPhone,
+    scriptId: '',
+    metadata: {},
+    expiresAt: null,
+    idempotencyKey: null,
+    requestHash: null,
+    campaignId,
+    scheduledAt: null,
+    timeZones: null,
+  }
+  const admission = await admitCalls(db, [call])
+  const timeZones = call.timeZones ?? zonesOfPhone(toPhone, await knownZones(db))
+  const result = admission.results[0]
+  return result?.ok === false ? { timeZones, error: result.error } : { timeZones }
+}

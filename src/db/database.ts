@@ -41,6 +41,8 @@ export interface CallsTable {
   campaign_id: Generated<string | null>
   time_zones: Generated<string[] | null>
   scheduled_at: Generated<Date | null>
+  /** When the last retry delay ends, before the window moves it (migration 0043). */
+  retry_at: Generated<Date | null>
 }
 
 export interface CampaignsTable {

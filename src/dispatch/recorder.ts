@@ -83,15 +83,21 @@ export function createRecorder(o: RecorderOptions): Recorder {
   }
 
   // A retry, or a freed slot that only pg-boss can announce, is published in the transaction that ends the attempt,
-  // so there is no retry without its wake-up and no wake-up without its retry.
+  // so there is no retry without its wake-up and no wake-up without its retry. The retry's wake-up is at the time
+  // the statement set (dueInMs): a campaign's retry rule or window may differ from the environment's delay, and a
+  // campaign rule may retry what the environment would end, so an attempt batched as final can come back PENDING.
   async function endOnce(input: EndAttemptInput): Promise<EndAttemptResult> {
     const { end } = input
-    if (end.next !== 'PENDING' && !o.wakeup.remote) return batchedEnds(input)
+    if (end.next !== 'PENDING' && !o.wakeup.remote) {
+      const r = await batchedEnds(input)
+      if (r.freedSlot && r.dueInMs !== undefined) await o.wakeup.dueLater(o.db, r.dueInMs)
+      return r
+    }
     return o.db.transaction().execute(async (trx) => {
       const [r] = (await endAttempts(trx, [input])) as [EndAttemptResult]
       if (r.freedSlot) {
         await o.wakeup.dueNow(trx)
-        if (end.next === 'PENDING') await o.wakeup.dueLater(trx, end.delayMs)
+        if (r.dueInMs !== undefined) await o.wakeup.dueLater(trx, r.dueInMs)
       }
       return r
     })

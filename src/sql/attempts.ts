@@ -85,6 +85,11 @@ export interface EndAttemptResult {
   status: CallStatus | undefined
   /** True when an IN_PROGRESS slot was released. */
   freedSlot: boolean
+  /**
+   * For a call this report put back to PENDING: milliseconds until it is due. A campaign's retry rule and calling
+   * window decide it in the statement (campaign_end_attempt), so it can differ from the environment's delay.
+   */
+  dueInMs?: number
 }
 
 /**
@@ -137,7 +142,13 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
   // at 3,000-5,000 rows, growing with them). An array the planner cannot see into also keeps custom plans no cheaper
   // than the generic one, so PostgreSQL settles on the generic plan: with the ids as a parameter it re-planned every
   // run (up to 0.7 ms of planning per statement, more than its execution).
-  const { rows } = await sql<{ ord: number; before_status: CallStatus; after_status: CallStatus; outcome: EndOutcome }>`
+  const { rows } = await sql<{
+    ord: number
+    before_status: CallStatus
+    after_status: CallStatus
+    outcome: EndOutcome
+    due_in_ms: number | null
+  }>`
     with report as (
       select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
         ord int, call_id uuid, attempt int, next text, refund int, throttled boolean, delay_sec float8, error jsonb,
@@ -155,7 +166,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     ), decided as (
       -- campaigns (migration 0010): a campaign's retryPolicy may override r.next, a retry waits for the calling
       -- window, and a retry of a canceled campaign's call ends CANCELED. For other calls this is r.next unchanged.
-      select r.ord, d.next, d.next_at
+      select r.ord, d.next, d.next_at, d.due_at
         from report r join calls c on c.id = r.call_id
         cross join lateral campaign_end_attempt(c.campaign_id, c.time_zones, r.next, r.refund = 0, r.delay_sec,
                                                 r.outcome, r.event_kind, r.attempt, r.error ->> 'code') d
@@ -165,6 +176,8 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
          set status           = d.next,
              attempts         = c.attempts - r.refund,
              next_attempt_at  = case when d.next = 'PENDING' then d.next_at else c.next_attempt_at end,
+             -- the retry delay's end before the window moved it (migration 0043): a window change keeps it
+             retry_at         = case when d.next = 'PENDING' then d.due_at else c.retry_at end,
              ended_at         = case when d.next = 'PENDING' then null else now() end,
              last_error       = r.error,
              last_outcome     = coalesce(r.outcome, c.last_outcome),
@@ -182,7 +195,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
         from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
          and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
-      returning r.ord, c.status
+      returning r.ord, c.status, c.next_attempt_at
     ), late as (
       update calls c
          set status           = case when r.outcome = 'COMPLETED' then 'COMPLETED' else c.status end,
@@ -201,6 +214,8 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
       returning r.ord, c.status
     ), outcome as (
       select t.ord, t.id, t.status as before_status, coalesce(e.status, l.status, t.status) as after_status,
+             case when e.status = 'PENDING'
+                  then greatest(extract(epoch from e.next_attempt_at - now())::float8 * 1000, 0) end as due_in_ms,
              case when e.ord is not null then 'applied'
                   when l.ord is not null then 'late'
                   when t.attempts > r.attempt then 'stale'
@@ -217,13 +232,18 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
        where o.outcome <> 'mismatch'
        order by o.ord
     )
-    select ord, before_status, after_status, outcome from outcome
+    select ord, before_status, after_status, outcome, due_in_ms from outcome
   `.execute(db)
   const byOrd = new Map(rows.map((r) => [r.ord, r]))
   return reports.map(({ ord }): EndAttemptResult => {
     const row = byOrd.get(ord)
     if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
-    return { outcome: row.outcome, status: row.after_status, freedSlot: row.outcome === 'applied' }
+    return {
+      outcome: row.outcome,
+      status: row.after_status,
+      freedSlot: row.outcome === 'applied',
+      ...(row.due_in_ms === null ? {} : { dueInMs: row.due_in_ms }),
+    }
   })
 }
 

@@ -153,16 +153,27 @@ export interface CallPatch {
   timeZones?: string[]
 }
 
+/**
+ * A new number of a campaign's call brings new zones, so its next eligible time is recomputed as a create and a
+ * window change compute it: the window's next opening in the new zones from max(now, scheduledAt, startsAt, the end
+ * of a retry's delay). Left as it was, a call moved from a closed zone to an open one waited for the old opening.
+ */
 export async function updatePendingCall(db: Kysely<DB>, id: string, patch: CallPatch): Promise<PendingChange> {
+  const zones = patch.timeZones ?? null
   const { rows } = await sql<Call>`
     with changed as (
-      update calls
-         set to_phone  = coalesce(${patch.toPhone ?? null}, to_phone),
-             script_id = coalesce(${patch.scriptId ?? null}, script_id),
-             metadata  = coalesce(${patch.metadata ? JSON.stringify(patch.metadata) : null}::jsonb, metadata),
-             time_zones = coalesce(${patch.timeZones ?? null}::text[], time_zones)
-       where id = ${id}::uuid and status = 'PENDING'
-      returning *
+      update calls c
+         set to_phone   = coalesce(${patch.toPhone ?? null}, c.to_phone),
+             script_id  = coalesce(${patch.scriptId ?? null}, c.script_id),
+             metadata   = coalesce(${patch.metadata ? JSON.stringify(patch.metadata) : null}::jsonb, c.metadata),
+             time_zones = coalesce(${zones}::text[], c.time_zones),
+             next_attempt_at = coalesce((
+               select coalesce(window_next_open(k.calling_window, window_zones(k.calling_window, ${zones}::text[]),
+                                                greatest(now(), c.scheduled_at, k.starts_at, c.retry_at)),
+                               now() + interval '1 day')
+                 from campaigns k where k.id = c.campaign_id and ${zones}::text[] is not null), c.next_attempt_at)
+       where c.id = ${id}::uuid and c.status = 'PENDING'
+      returning c.*
     ), history as (
       insert into call_events (call_id, attempt, kind, status, detail)
       select id, attempts, 'UPDATED', status, ${JSON.stringify({ fields: Object.keys(patch).filter((k) => k !== 'timeZones') })}::jsonb from changed

@@ -96,14 +96,15 @@ export async function updateCampaign(db: Kysely<DB>, id: string, s: CampaignSett
 
 /**
  * Moves every PENDING call of the campaign to its next eligible time under the campaign's current window and start:
- * from max(now, scheduledAt, startsAt). A retry's remaining backoff is not kept (docs/campaigns.md).
+ * from max(now, scheduledAt, startsAt, the end of a retry's delay), so a retry keeps its backoff (calls.retry_at,
+ * migration 0043).
  */
 async function rescheduleCampaignCalls(db: Kysely<DB>, id: string) {
   await sql`
     update calls c
        set next_attempt_at = coalesce(
              window_next_open(k.calling_window, window_zones(k.calling_window, c.time_zones),
-                              greatest(now(), c.scheduled_at, k.starts_at)),
+                              greatest(now(), c.scheduled_at, k.starts_at, c.retry_at)),
              now() + interval '1 day')
       from campaigns k
      where k.id = ${id}::uuid and c.campaign_id = k.id and c.status = 'PENDING'

@@ -1,8 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { CallJson, iso, toCallJson } from '../../calls-json.ts'
-import { admitCalls } from '../../campaigns/admission.ts'
-import { knownZones, zonesOfPhone } from '../../campaigns/timezones.ts'
+import { admitCalls, admitNewNumber } from '../../campaigns/admission.ts'
 import { coalesce } from '../../db/coalesce.ts'
 import { STATUSES } from '../../dispatch/call-state.ts'
 import { withDueNow } from '../../dispatch/wakeup.ts'
@@ -293,7 +292,15 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
         summary: 'Change a PENDING call (409 once it is dialing or done)',
         params: IdParams,
         body: PatchCallBody,
-        response: { 200: CallEnvelope, 400: invalid, 404: notFound, 409: notPending },
+        response: {
+          200: CallEnvelope,
+          400: invalid,
+          404: notFound,
+          409: notPending,
+          422: errorResponse(
+            'a new `to` that a create would refuse: PHONE_SUPPRESSED, or NO_CALLING_WINDOW (details.timeZones)',
+          ),
+        },
       },
     },
     async (req, reply) => {
@@ -305,8 +312,13 @@ export const callRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { db, 
           .send(errorBody(apiError(400, 'INVALID_PHONE', 'to must be a valid phone number with country code')))
       const metaError = metadata ? checkMetadata(metadata) : undefined
       if (metaError) return reply.code(400).send(errorBody(metaError))
+      // a new number is checked as a create checks it (suppression, the campaign's window in its zones)
+      const current = toPhone ? await getCall(db, req.params.id) : undefined
+      const number =
+        toPhone && current?.status === 'PENDING' ? await admitNewNumber(db, current.campaign_id, toPhone) : undefined
+      if (number?.error) return reply.code(422).send(errorBody(number.error))
       const r = await updatePendingCall(db, req.params.id, {
-        ...(toPhone ? { toPhone, timeZones: zonesOfPhone(toPhone, await knownZones(db)) } : {}),
+        ...(toPhone && number ? { toPhone, timeZones: number.timeZones } : {}),
         ...(scriptId ? { scriptId } : {}),
         ...(metadata ? { metadata } : {}),
       })
