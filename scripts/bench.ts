@@ -206,7 +206,9 @@ async function phaseWebhooks(pg: BenchDb) {
   )
   try {
     log('12-14 client webhooks: slot run without/with an endpoint, final event latency, deliveries per second')
-    return await benchWebhooks(svc.url, db, sim)
+    const result = await benchWebhooks(svc.url, db, sim)
+    const top = await topStatements(db)
+    return top ? { ...result, topStatements: top } : result
   } finally {
     if (process.env.BENCH_TRACE) console.log(svc.logs.join('').slice(-20_000))
     await svc.stop()
