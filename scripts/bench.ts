@@ -25,6 +25,16 @@ import {
 import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
 import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
+import {
+  formatArm,
+  notCompletedOnce,
+  RESET_0041,
+  reloptions,
+  runCalls,
+  type SizesArm,
+  summarize,
+  tableSizes,
+} from './bench/sizes.ts'
 import { round } from './bench/stats.ts'
 import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
@@ -35,6 +45,9 @@ import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 //   --only=create,dispatch,backlog,campaigns,history,webhooks   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
 //                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
+//   --only=sizes --calls=N           not in the default run: table and index sizes after N zero-length calls went
+//                                    through the dispatcher (default 1,000,000: about 20 minutes per arm here), with
+//                                    migration 0041's storage settings and with them reset
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
 //                                    (slower; its figures are not the benchmark's)
 
@@ -45,6 +58,7 @@ const only = args
   .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns', 'history', 'webhooks']
 const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
+const sizesCalls = Number(args.find((a) => a.startsWith('--calls='))?.slice(8) ?? 1_000_000)
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
 /** Simulator calls that outlast the run: the dispatcher fills CAP slots once and the rest stays PENDING. */
@@ -214,6 +228,41 @@ async function phaseWebhooks(pg: BenchDb) {
   }
 }
 
+async function phaseSizes(pg: BenchDb) {
+  const arms: SizesArm[] = []
+  for (const arm of ['before', 'after'] as const) {
+    const { url, db } = await phaseDb(pg, `bench_sizes_${arm}`)
+    const sim = await startSimulator({ callDurationMs: 0, webhookSecret: BENCH_WEBHOOK_SECRET })
+    // RETENTION_DAYS=0: nothing is old enough to go anyway; the figure is what a day's calls leave behind
+    const svc = await startServiceProcess(
+      { ...serviceEnv(url, sim.url), RETENTION_DAYS: '0' },
+      nodeArgs(`sizes-${arm}`),
+    )
+    try {
+      // the service migrated the database on start; "before" undoes 0041's settings there, before any call exists
+      if (arm === 'before') for (const statement of RESET_0041) await sql.raw(statement).execute(db)
+      log(`15 sizes, ${arm}: ${sizesCalls} zero-length calls through the dispatcher, cap ${CAP}`)
+      const run = await runCalls(svc.url, db, sim, sizesCalls, log)
+      await svc.stop()
+      const result = summarize(
+        arm === 'before' ? 'reset (before 0041)' : 'migration 0041 (after)',
+        sizesCalls,
+        run,
+        await reloptions(db),
+        await tableSizes(db),
+        await notCompletedOnce(db),
+      )
+      log(formatArm(result))
+      arms.push(result)
+    } finally {
+      await svc.stop()
+      await sim.close()
+      await db.destroy()
+    }
+  }
+  return arms
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
@@ -225,9 +274,10 @@ function goalRows(r: {
   fairness?: FairnessResult
   history?: Awaited<ReturnType<typeof phaseHistory>>['history']
   webhooks?: WebhookBenchResult
+  sizes?: SizesArm[]
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history, webhooks } = r
+  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history, webhooks, sizes } = r
   if (single)
     rows.push({
       id: 1,
@@ -362,6 +412,18 @@ function goalRows(r: {
       goal: '0.45-0.55',
       met: fairness.bShare >= 0.45 && fairness.bShare <= 0.55,
     })
+  if (sizes)
+    for (const a of sizes)
+      rows.push({
+        id: 15,
+        benchmark: `size after ${a.calls} calls, ${a.settings}`,
+        figure:
+          `${a.bytesPerCall} bytes per call (${Math.round(a.totalBytes / 2 ** 20)} MB; calls ` +
+          `${Math.round((a.tables.find((t) => t.table === 'public.calls')?.totalBytes ?? 0) / 2 ** 20)} MB, ` +
+          `call_events ${Math.round((a.tables.find((t) => t.table === 'public.call_events')?.totalBytes ?? 0) / 2 ** 20)} MB)`,
+        goal: 'reported',
+        met: a.notCompletedOnce === 0 && a.maxActive <= CAP && a.phoneOverlaps === 0 && a.duplicates === 0,
+      })
   return rows
 }
 
@@ -385,6 +447,7 @@ let results: Partial<
     Awaited<ReturnType<typeof phaseCampaigns>> & {
       backlog: Awaited<ReturnType<typeof phaseBacklog>>
       webhooks: WebhookBenchResult
+      sizes: SizesArm[]
     } & Awaited<ReturnType<typeof phaseHistory>>
 > = {}
 try {
@@ -394,12 +457,25 @@ try {
   if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
   if (only.includes('history')) results = { ...results, ...(await phaseHistory(pg)) }
   if (only.includes('webhooks')) results.webhooks = await phaseWebhooks(pg)
+  if (only.includes('sizes')) results.sizes = await phaseSizes(pg)
 } finally {
   await pg.stop()
 }
 
 const rows = goalRows(results)
 const bad = violations([...(results.slots ? [results.slots.checks] : []), ...(results.zero?.checks ?? [])])
+for (const a of results.sizes ?? [])
+  bad.push(
+    ...violations([
+      {
+        maxActive: a.maxActive,
+        phoneOverlaps: a.phoneOverlaps,
+        duplicates: a.duplicates,
+        webhookFailures: 0,
+        notCompletedOnce: a.notCompletedOnce,
+      },
+    ]).map((v) => `sizes, ${a.settings}: ${v}`),
+  )
 const seconds = Math.round((Date.now() - started) / 100) / 10
 console.log('')
 printTable(rows)
