@@ -60,12 +60,11 @@ export async function applyFinalReport(
       result: report.result,
     },
     durationSec: report.result.durationSec ?? null,
-    // applied or late: the end's own update writes calls.last_result
-    result: { ...report.result },
   })
-  // a duplicate may still add fields of the same end reason (sql/provider-results.ts)
-  if (result.outcome === 'duplicate')
-    await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result }, false)
+  if (result.outcome !== 'unknown_call' && result.outcome !== 'stale' && result.outcome !== 'mismatch') {
+    const applied = result.outcome === 'applied' || result.outcome === 'late'
+    await recordAttemptResult(deps.db, target.callId, target.attempt, { ...report.result }, applied)
+  }
   return result
 }
 

@@ -77,11 +77,6 @@ export interface EndAttemptInput {
   eventStatus?: string
   detail?: Record<string, unknown>
   durationSec?: number | null
-  /**
-   * What the provider reported about the call (calls.last_result, issue 13), written by the same update when the
-   * report applies or lands late: one statement per burst instead of one more per webhook.
-   */
-  result?: Record<string, unknown>
 }
 
 export interface EndAttemptResult {
@@ -135,7 +130,6 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
       event_kind: input.eventKind,
       event_status: input.eventStatus ?? end.next,
       detail: input.detail ?? {},
-      result: input.result ?? null,
     }
   })
   // Calls are found through "id = any(array(select call_id from report))", which the planner answers from the primary
@@ -147,8 +141,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
     with report as (
       select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
         ord int, call_id uuid, attempt int, next text, refund int, throttled boolean, delay_sec float8, error jsonb,
-        duration_sec int, outcome text, provider_call_id text, event_kind text, event_status text, detail jsonb,
-        result jsonb)
+        duration_sec int, outcome text, provider_call_id text, event_kind text, event_status text, detail jsonb)
     ), target as (
       select r.ord, c.id, c.status, c.attempts,
              -- a signed report replayed against another call names a provider id that is not this call's
@@ -182,9 +175,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
                                      when r.refund = 1 then c.throttled_since end,
              duration_sec     = coalesce(r.duration_sec, c.duration_sec),
              -- a dial whose answer we never read (unknown) learns its provider id from the report
-             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id),
-             -- a refunded attempt (a capacity refusal) reported nothing about the callee
-             last_result      = case when r.result is not null and r.refund = 0 then r.result else c.last_result end
+             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
         from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
        where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
          and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
@@ -197,8 +188,7 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
              last_outcome     = r.outcome,
              reported_attempt = r.attempt,
              duration_sec     = coalesce(r.duration_sec, c.duration_sec),
-             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id),
-             last_result      = coalesce(r.result, c.last_result)
+             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
         from report r join locked l on l.id = r.call_id
        where c.id = r.call_id and c.attempts = r.attempt and r.outcome is not null
          and c.status in ('PENDING', 'FAILED', 'EXPIRED', 'CANCELED')

@@ -10,6 +10,7 @@ import {
 import type { Recorder } from '../../dispatch/recorder.ts'
 import { SIGNATURE_HEADER, verify, verifyWebhookUrlToken } from '../../providers/signature.ts'
 import { findByProviderCallId, recordProgress } from '../../sql/attempts.ts'
+import { recordAttemptResult } from '../../sql/provider-results.ts'
 import type { AppDeps } from '../deps.ts'
 import { apiError, errorBody, errorResponse } from '../errors.ts'
 
@@ -154,15 +155,6 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
           providerCallId: body.callId,
           detail,
           durationSec: body.durationSec ?? null,
-          // what the provider reported, for the call's `result` (issue 13): written by the end's own update when it
-          // applies or lands late; a duplicate changes nothing
-          result: {
-            provider: 'generic',
-            providerCallId: body.callId,
-            endReason: body.status,
-            ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
-            ...(body.completedAt ? { endedAt: body.completedAt } : {}),
-          },
         },
         { patienceMs: WEBHOOK_PATIENCE_MS },
       )
@@ -175,6 +167,22 @@ export const callbackRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { 
           .send(
             errorBody(apiError(409, 'PROVIDER_CALL_MISMATCH', "the webhook's callId is not this call's provider call")),
           )
+      }
+      // what the provider reported, for the call's `result` (issue 13); a duplicate changes nothing
+      if (result.outcome === 'applied' || result.outcome === 'late') {
+        await recordAttemptResult(
+          db,
+          callId,
+          attempt,
+          {
+            provider: 'generic',
+            providerCallId: body.callId,
+            endReason: body.status,
+            ...(body.durationSec !== undefined ? { durationSec: body.durationSec } : {}),
+            ...(body.completedAt ? { endedAt: body.completedAt } : {}),
+          },
+          true,
+        )
       }
       metrics?.webhook(body.status, result.outcome, body.callId)
       metrics?.attemptEnded(end, result)
