@@ -49,6 +49,7 @@ import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 //   --only=sizes --calls=N           not in the default run: table and index sizes after N zero-length calls went
 //                                    through the dispatcher (default 1,000,000: about 20 minutes per arm here), with
 //                                    migration 0041's storage settings and with them reset
+//   --sizes-arms=after               only one of the two arms (before: 0041's settings reset; after: as migrated)
 //   --only=cap1000                   not in the default run (about 4 minutes): MAX_CONCURRENT_CALLS=1000 on three
 //                                    ROLE=worker instances and one ROLE=api, 5,000 calls of 30 s; then zero-length
 //                                    calls at cap 1,000 against cap 30 in alternating rounds
@@ -63,6 +64,12 @@ const only = args
 const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
 const sizesCalls = Number(args.find((a) => a.startsWith('--calls='))?.slice(8) ?? 1_000_000)
+const sizesArms = (
+  args
+    .find((a) => a.startsWith('--sizes-arms='))
+    ?.slice(13)
+    .split(',') ?? ['before', 'after']
+).filter((a): a is 'before' | 'after' => a === 'before' || a === 'after')
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
 /** Simulator calls that outlast the run: the dispatcher fills CAP slots once and the rest stays PENDING. */
@@ -277,7 +284,7 @@ async function phaseCap1000(pg: BenchDb) {
 
 async function phaseSizes(pg: BenchDb) {
   const arms: SizesArm[] = []
-  for (const arm of ['before', 'after'] as const) {
+  for (const arm of sizesArms) {
     const { url, db } = await phaseDb(pg, `bench_sizes_${arm}`)
     const sim = await startSimulator({ callDurationMs: 0, webhookSecret: BENCH_WEBHOOK_SECRET })
     // RETENTION_DAYS=0: nothing is old enough to go anyway; the figure is what a day's calls leave behind
