@@ -12,6 +12,7 @@ import {
   type ClaimResult,
   type FairnessResult,
 } from './bench/campaigns.ts'
+import { BIG_CAP, benchHold, benchZeroLengthCompare, type HoldResult, type ZeroLengthCompare } from './bench/cap1000.ts'
 import { type BatchCreateResult, benchBatchCreate, benchSingleCreate, type SingleCreateResult } from './bench/create.ts'
 import {
   benchSlotUtilization,
@@ -25,6 +26,16 @@ import {
 import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
 import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
+import {
+  formatArm,
+  notCompletedOnce,
+  RESET_0041,
+  reloptions,
+  runCalls,
+  type SizesArm,
+  summarize,
+  tableSizes,
+} from './bench/sizes.ts'
 import { round } from './bench/stats.ts'
 import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
@@ -35,6 +46,13 @@ import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 //   --only=create,dispatch,backlog,campaigns,history,webhooks   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
 //                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
+//   --only=sizes --calls=N           not in the default run: table and index sizes after N zero-length calls went
+//                                    through the dispatcher (default 1,000,000: about 20 minutes per arm here), with
+//                                    migration 0041's storage settings and with them reset
+//   --sizes-arms=after               only one of the two arms (before: 0041's settings reset; after: as migrated)
+//   --only=cap1000                   not in the default run (about 4 minutes): MAX_CONCURRENT_CALLS=1000 on three
+//                                    ROLE=worker instances and one ROLE=api, 5,000 calls of 30 s; then zero-length
+//                                    calls at cap 1,000 against cap 30 in alternating rounds
 //   --profile                        also: --cpu-prof on the service and pg_stat_statements, into bench-results/profile/
 //                                    (slower; its figures are not the benchmark's)
 
@@ -45,6 +63,13 @@ const only = args
   .split(',') ?? ['create', 'dispatch', 'backlog', 'campaigns', 'history', 'webhooks']
 const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
+const sizesCalls = Number(args.find((a) => a.startsWith('--calls='))?.slice(8) ?? 1_000_000)
+const sizesArms = (
+  args
+    .find((a) => a.startsWith('--sizes-arms='))
+    ?.slice(13)
+    .split(',') ?? ['before', 'after']
+).filter((a): a is 'before' | 'after' => a === 'before' || a === 'after')
 const RESULTS_DIR = path.resolve('bench-results')
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profile')
 /** Simulator calls that outlast the run: the dispatcher fills CAP slots once and the rest stays PENDING. */
@@ -217,6 +242,84 @@ async function phaseWebhooks(pg: BenchDb) {
   }
 }
 
+async function phaseCap1000(pg: BenchDb) {
+  const big = await phaseDb(pg, 'bench_cap1000')
+  const small = await phaseDb(pg, 'bench_cap30')
+  const bigSim = await startSimulator({ callDurationMs: 30_000, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const smallSim = await startSimulator({ callDurationMs: 0, webhookSecret: BENCH_WEBHOOK_SECRET })
+  const env = { ...serviceEnv(big.url, bigSim.url), MAX_CONCURRENT_CALLS: String(BIG_CAP) }
+  const services: Awaited<ReturnType<typeof startServiceProcess>>[] = []
+  try {
+    // one at a time: the first migrates the database
+    const api = await startServiceProcess({ ...env, ROLE: 'api' }, nodeArgs('cap1000-api'))
+    services.push(api)
+    const workers = []
+    for (let i = 0; i < 3; i++) {
+      const w = await startServiceProcess({ ...env, ROLE: 'worker' }, nodeArgs(`cap1000-worker${i}`))
+      services.push(w)
+      workers.push(w)
+    }
+    const cap30 = await startServiceProcess(serviceEnv(small.url, smallSim.url), nodeArgs('cap30'))
+    services.push(cap30)
+    log(`16 cap ${BIG_CAP}: 3 ROLE=worker + 1 ROLE=api, 5000 calls of 30 s`)
+    const hold = await benchHold(
+      api.url,
+      workers.map((w) => w.url),
+      big.db,
+      bigSim,
+    )
+    log(
+      `17 zero-length calls, 5000 a round: cap ${BIG_CAP} (3 workers + api) vs cap ${CAP} (one instance), 3 rounds each`,
+    )
+    const zeroCompare = await benchZeroLengthCompare(
+      { url: cap30.url, db: small.db, sim: smallSim },
+      { url: api.url, db: big.db, sim: bigSim },
+    )
+    return { hold, zeroCompare }
+  } finally {
+    for (const svc of services) await svc.stop()
+    await bigSim.close()
+    await smallSim.close()
+    await big.db.destroy()
+    await small.db.destroy()
+  }
+}
+
+async function phaseSizes(pg: BenchDb) {
+  const arms: SizesArm[] = []
+  for (const arm of sizesArms) {
+    const { url, db } = await phaseDb(pg, `bench_sizes_${arm}`)
+    const sim = await startSimulator({ callDurationMs: 0, webhookSecret: BENCH_WEBHOOK_SECRET })
+    // RETENTION_DAYS=0: nothing is old enough to go anyway; the figure is what a day's calls leave behind
+    const svc = await startServiceProcess(
+      { ...serviceEnv(url, sim.url), RETENTION_DAYS: '0' },
+      nodeArgs(`sizes-${arm}`),
+    )
+    try {
+      // the service migrated the database on start; "before" undoes 0041's settings there, before any call exists
+      if (arm === 'before') for (const statement of RESET_0041) await sql.raw(statement).execute(db)
+      log(`15 sizes, ${arm}: ${sizesCalls} zero-length calls through the dispatcher, cap ${CAP}`)
+      const run = await runCalls(svc.url, db, sim, sizesCalls, log)
+      await svc.stop()
+      const result = summarize(
+        arm === 'before' ? 'reset (before 0041)' : 'migration 0041 (after)',
+        sizesCalls,
+        run,
+        await reloptions(db),
+        await tableSizes(db),
+        await notCompletedOnce(db),
+      )
+      log(formatArm(result))
+      arms.push(result)
+    } finally {
+      await svc.stop()
+      await sim.close()
+      await db.destroy()
+    }
+  }
+  return arms
+}
+
 function goalRows(r: {
   single?: SingleCreateResult
   batch?: BatchCreateResult
@@ -228,9 +331,26 @@ function goalRows(r: {
   fairness?: FairnessResult
   history?: Awaited<ReturnType<typeof phaseHistory>>['history']
   webhooks?: WebhookBenchResult
+  sizes?: SizesArm[]
+  hold?: HoldResult
+  zeroCompare?: ZeroLengthCompare
 }): GoalRow[] {
   const rows: GoalRow[] = []
-  const { single, batch, slots, zero, backlog, campaignClaim, campaignSlots, fairness, history, webhooks } = r
+  const {
+    single,
+    batch,
+    slots,
+    zero,
+    backlog,
+    campaignClaim,
+    campaignSlots,
+    fairness,
+    history,
+    webhooks,
+    sizes,
+    hold,
+    zeroCompare,
+  } = r
   if (single)
     rows.push({
       id: 1,
@@ -365,13 +485,46 @@ function goalRows(r: {
       goal: '0.45-0.55',
       met: fairness.bShare >= 0.45 && fairness.bShare <= 0.55,
     })
+  if (hold)
+    rows.push({
+      id: 16,
+      benchmark: `cap ${BIG_CAP}, 3 workers: ${hold.calls} calls of ${hold.callDurationMs / 1000} s`,
+      figure:
+        `mean in progress ${hold.meanInProgress} while the backlog lasted (${hold.backlogSec} s; ` +
+        `${hold.meanInProgressAfterRamp} after the first ${hold.rampMs} ms of ramp); max ${hold.checks.maxActive}; ` +
+        `dials per worker ${hold.perWorker.join('/')}; connections ${hold.peakConnections} of ${hold.maxConnections}`,
+      goal: '>= 990',
+      met: hold.meanInProgress >= 990,
+    })
+  if (zeroCompare)
+    rows.push({
+      id: 17,
+      benchmark: `zero-length calls, cap ${BIG_CAP} vs cap ${CAP}`,
+      figure:
+        `${zeroCompare.cap1000PerSec} calls/s (rounds ${zeroCompare.cap1000Rounds.join(', ')}) vs ` +
+        `${zeroCompare.cap30PerSec} calls/s (rounds ${zeroCompare.cap30Rounds.join(', ')})`,
+      goal: 'cap 1,000 >= cap 30',
+      met: zeroCompare.cap1000PerSec >= zeroCompare.cap30PerSec,
+    })
+  if (sizes)
+    for (const a of sizes)
+      rows.push({
+        id: 15,
+        benchmark: `size after ${a.calls} calls, ${a.settings}`,
+        figure:
+          `${a.bytesPerCall} bytes per call (${Math.round(a.totalBytes / 2 ** 20)} MB; calls ` +
+          `${Math.round((a.tables.find((t) => t.table === 'public.calls')?.totalBytes ?? 0) / 2 ** 20)} MB, ` +
+          `call_events ${Math.round((a.tables.find((t) => t.table === 'public.call_events')?.totalBytes ?? 0) / 2 ** 20)} MB)`,
+        goal: 'reported',
+        met: a.notCompletedOnce === 0 && a.maxActive <= CAP && a.phoneOverlaps === 0 && a.duplicates === 0,
+      })
   return rows
 }
 
-function violations(all: RunChecks[]): string[] {
+function violations(all: RunChecks[], cap = CAP): string[] {
   const out: string[] = []
   for (const c of all) {
-    if (c.maxActive > CAP) out.push(`the simulator saw ${c.maxActive} calls at once (cap ${CAP})`)
+    if (c.maxActive > cap) out.push(`the simulator saw ${c.maxActive} calls at once (cap ${cap})`)
     if (c.phoneOverlaps > 0) out.push(`${c.phoneOverlaps} calls overlapped on one phone`)
     if (c.duplicates > 0) out.push(`${c.duplicates} attempts were dialed twice`)
     if (c.webhookFailures > 0) out.push(`${c.webhookFailures} webhooks were never acknowledged`)
@@ -388,7 +541,9 @@ let results: Partial<
     Awaited<ReturnType<typeof phaseCampaigns>> & {
       backlog: Awaited<ReturnType<typeof phaseBacklog>>
       webhooks: WebhookBenchResult
-    } & Awaited<ReturnType<typeof phaseHistory>>
+      sizes: SizesArm[]
+    } & Awaited<ReturnType<typeof phaseCap1000>> &
+    Awaited<ReturnType<typeof phaseHistory>>
 > = {}
 try {
   if (only.includes('create')) results = { ...results, ...(await phaseCreate(pg)) }
@@ -397,12 +552,33 @@ try {
   if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
   if (only.includes('history')) results = { ...results, ...(await phaseHistory(pg)) }
   if (only.includes('webhooks')) results.webhooks = await phaseWebhooks(pg)
+  if (only.includes('cap1000')) results = { ...results, ...(await phaseCap1000(pg)) }
+  if (only.includes('sizes')) results.sizes = await phaseSizes(pg)
 } finally {
   await pg.stop()
 }
 
 const rows = goalRows(results)
 const bad = violations([...(results.slots ? [results.slots.checks] : []), ...(results.zero?.checks ?? [])])
+bad.push(
+  ...violations(
+    [...(results.hold ? [results.hold.checks] : []), ...(results.zeroCompare?.cap1000Checks ?? [])],
+    BIG_CAP,
+  ),
+  ...violations(results.zeroCompare?.cap30Checks ?? []),
+)
+for (const a of results.sizes ?? [])
+  bad.push(
+    ...violations([
+      {
+        maxActive: a.maxActive,
+        phoneOverlaps: a.phoneOverlaps,
+        duplicates: a.duplicates,
+        webhookFailures: 0,
+        notCompletedOnce: a.notCompletedOnce,
+      },
+    ]).map((v) => `sizes, ${a.settings}: ${v}`),
+  )
 const seconds = Math.round((Date.now() - started) / 100) / 10
 console.log('')
 printTable(rows)

@@ -50,7 +50,13 @@ export async function resetCalls(db: Kysely<DB>) {
 }
 
 /** One run: `n` calls on distinct phones created through the batch endpoint, until every final webhook is acked. */
-async function dispatchRun(serviceUrl: string, db: Kysely<DB>, sim: Simulator, n: number, callDurationMs: number) {
+export async function dispatchRun(
+  serviceUrl: string,
+  db: Kysely<DB>,
+  sim: Simulator,
+  n: number,
+  callDurationMs: number,
+) {
   await resetCalls(db)
   sim.configure({ callDurationMs })
   sim.resetStats()
