@@ -65,7 +65,8 @@ async function explainClaim(url: string): Promise<string[]> {
   } finally {
     await client.end()
   }
-  const claim = notices.find((n) => n.includes('with free as'))
+  // the claim's one statement inside claim_due_calls() (migration 0042 and later: it reads the free slots first)
+  const claim = notices.find((n) => /Query Text: with live as|with free as/.test(n))
   if (!claim) throw new Error(`auto_explain reported no plan for the claim statement: ${notices.join('\n')}`)
   return claim.split('\n').filter((line) => !/^\s*$/.test(line))
 }
