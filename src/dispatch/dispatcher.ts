@@ -8,9 +8,9 @@ import { expireOverdueCalls, sweepCampaignCalls, timeOutSilentCalls } from '../s
 import { decideAttemptEnd, type RetryPolicy } from './call-state.ts'
 import type { Recorder } from './recorder.ts'
 
-// The dispatch loop of one process: sweep -> claim -> dial -> record. Claims take slots in PostgreSQL (claim.ts),
-// so any number of processes can run this loop against one database. notify() cuts the idle wait short when a
-// slot frees or calls arrive; without it the loop still polls every `pollMs`.
+// The dispatch loop of one process: claim -> dial -> record, with the sweep beside it. Claims take slots in
+// PostgreSQL (claim.ts), so any number of processes can run this loop against one database. notify() cuts the idle
+// wait short when a slot frees or calls arrive; without it the loop still polls every `pollMs`.
 
 export interface DispatcherOptions {
   db: Kysely<DB>
@@ -67,11 +67,11 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   }
 
   async function sweep() {
-    lastSweep = Date.now()
     const expired = await expireOverdueCalls(o.db)
     const timedOut = await timeOutSilentCalls(o.db, o.callTimeoutMs)
     o.onSweep?.(expired, timedOut)
     if (expired > 0 || timedOut > 0) o.log.info({ expired, timedOut }, 'swept calls')
+    if (timedOut > 0) notify() // their slots are free
     await sweepCampaignCalls(o.db) // campaigns ended, phones suppressed, windows closed (docs/campaigns.md)
     if (Date.now() - lastSettingsCheck >= SETTINGS_RECHECK_MS) {
       lastSettingsCheck = Date.now()
@@ -89,9 +89,31 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     pausedUntil = Math.max(pausedUntil, performance.now() + ms)
   }
 
-  /** One sweep-claim-dial round; true when it took as many calls as it asked for, so more may be waiting. */
+  // The sweep runs beside the claims, never more than one at a time: awaited in the pass, its three or four statements
+  // held up the claim of every slot freed meanwhile, once a second (the refill gap's tail). The sweep and the claims
+  // of other processes always ran side by side; PostgreSQL's row locks and the claim's lock keep them apart.
+  let sweeping: Promise<void> | undefined
+  let sweepFailures = 0
+  function sweepWhenDue() {
+    if (sweeping || Date.now() - lastSweep < o.sweepIntervalMs) return
+    lastSweep = Date.now()
+    sweeping = sweep()
+      .then(() => {
+        sweepFailures = 0
+      })
+      .catch((err) => {
+        sweepFailures++
+        if (sweepFailures === 1 || sweepFailures % 30 === 0)
+          o.log.error({ err, failures: sweepFailures }, 'sweep failed')
+      })
+      .finally(() => {
+        sweeping = undefined
+      })
+  }
+
+  /** One claim-dial round (the sweep started beside it when due); true when it took as many calls as it asked for. */
   async function pass(): Promise<boolean> {
-    if (Date.now() - lastSweep >= o.sweepIntervalMs) await sweep()
+    sweepWhenDue()
     if (performance.now() < pausedUntil) return false
     const asked = maxInFlight - inFlight.size
     const calls = await claimDueCalls(o.db, o.maxConcurrentCalls, asked)
@@ -256,6 +278,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       running = false
       wake?.()
       await loopDone
+      await sweeping
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
         Promise.allSettled([...inFlight]),
