@@ -18,16 +18,17 @@ export async function up(db: Kysely<any>): Promise<void> {
       if not exists (select 1 from webhook_endpoints where enabled) then
         return null;
       end if;
-      next_sequence := coalesce((select max(e.sequence) from webhook_events e where e.call_id = new.id), 0) + 1;
+      -- the claim (PENDING -> IN_PROGRESS) fires this trigger for every claimed call and writes nothing: the sequence
+      -- is read only where an event is written
       if tg_op = 'INSERT' then
         event_type := 'call.created';
       elsif new.status is distinct from old.status then
         if old.status = 'IN_PROGRESS' and old.provider_call_id is null and new.provider_call_id is not null then
+          next_sequence := coalesce((select max(e.sequence) from webhook_events e where e.call_id = new.id), 0) + 1;
           insert into webhook_events (type, call_id, campaign_id, sequence, attempt, outcome, call_snapshot)
           values ('call.started', new.id, (to_jsonb(old) ->> 'campaign_id')::uuid, next_sequence, old.attempts, null,
                   to_jsonb(old) - 'request_hash' - 'idempotency_key'
                     || jsonb_build_object('provider_call_id', new.provider_call_id));
-          next_sequence := next_sequence + 1;
         end if;
         event_type := case new.status
                         when 'COMPLETED' then 'call.completed'
@@ -42,6 +43,8 @@ export async function up(db: Kysely<any>): Promise<void> {
       if event_type is null then
         return null;
       end if;
+      -- read here, after the call.started above (a later statement of this function sees what it wrote)
+      next_sequence := coalesce((select max(e.sequence) from webhook_events e where e.call_id = new.id), 0) + 1;
       insert into webhook_events (type, call_id, campaign_id, sequence, attempt, outcome, call_snapshot)
       values (event_type, new.id, (to_jsonb(new) ->> 'campaign_id')::uuid, next_sequence, new.attempts,
               case when event_type in ('call.completed', 'call.failed', 'call.retry_scheduled') then new.last_outcome end,
