@@ -39,7 +39,7 @@ import {
 import { round } from './bench/stats.ts'
 import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 
-// `npm run bench`: the seven benchmarks of README's Performance table against this checkout, in one run of a few
+// `npm run bench`: the benchmarks of docs/performance.md's table against this checkout, in one run of a few
 // minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
 // process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
