@@ -228,7 +228,9 @@ export function createMetrics(o: MetricsOptions): Metrics {
       }
     },
     attemptEnded(end, result) {
-      if (end.next === 'PENDING' && result.outcome === 'applied') retries.inc({ reason: end.error.code })
+      // the status the statement set: a campaign's retry rules can retry what the policy would end, and the reverse
+      if (result.outcome === 'applied' && result.status === 'PENDING' && end.next !== 'COMPLETED')
+        retries.inc({ reason: end.error.code })
     },
     webhook(providerStatus, outcome, providerCallId) {
       webhooks.inc({ status: providerStatus, outcome })

@@ -1,6 +1,7 @@
 import { Pool } from 'undici'
-import { PROVIDER_FINAL, type ProviderFinal, webhookError } from '../dispatch/call-state.ts'
-import { compact, type PollResult } from './types.ts'
+import { PROVIDER_FINAL, type ProviderFinal } from '../dispatch/call-state.ts'
+import { genericReport } from './generic.ts'
+import type { PollResult } from './types.ts'
 
 // The generic contract's optional get-call API (issue 13, "Reconciliation"):
 //   GET {AI_CALL_API_URL}/api/v1/calls/:callId -> 200 {callId, status, durationSec?, completedAt?, error?}
@@ -38,23 +39,15 @@ export function createGenericPoll(opts: { baseUrl: string; apiKey: string | unde
       }
       const status = body.status
       if (!(PROVIDER_FINAL as readonly unknown[]).includes(status)) return { kind: 'active' }
-      const outcome = status as ProviderFinal
-      const error = typeof body.error === 'string' ? body.error : undefined
       return {
         kind: 'ended',
-        report: {
-          outcome,
-          fault: outcome === 'COMPLETED' ? 'none' : outcome === 'FAILED' ? 'platform' : 'callee',
-          known: true,
-          ...(outcome === 'COMPLETED' ? {} : { error: error ?? webhookError(outcome, undefined).message }),
-          result: compact({
-            provider: 'generic' as const,
-            providerCallId,
-            endReason: outcome,
-            durationSec: typeof body.durationSec === 'number' ? body.durationSec : undefined,
-            endedAt: typeof body.completedAt === 'string' ? body.completedAt : undefined,
-          }),
-        },
+        report: genericReport({
+          callId: providerCallId,
+          status: status as ProviderFinal,
+          ...(typeof body.error === 'string' ? { error: body.error } : {}),
+          ...(typeof body.durationSec === 'number' ? { durationSec: body.durationSec } : {}),
+          ...(typeof body.completedAt === 'string' ? { completedAt: body.completedAt } : {}),
+        }),
       }
     } catch (err) {
       const e = err as Error & { code?: string }

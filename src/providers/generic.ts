@@ -1,5 +1,5 @@
 import { Pool } from 'undici'
-import { CALL_ERRORS, type CallError, type ProviderFinal } from '../dispatch/call-state.ts'
+import { CALL_ERRORS, type CallError, type ProviderFinal, webhookError } from '../dispatch/call-state.ts'
 import { compact, type FinalReport } from './types.ts'
 
 // The AI voice provider's dial endpoint. dial() never throws: every answer, timeout or socket error becomes one
@@ -155,7 +155,10 @@ export function parseRetryAfter(value: string | string[] | undefined): number | 
   return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 3_600_000) : undefined
 }
 
-/** The generic provider's final webhook in the vocabulary every provider's report shares (dispatch/final-report.ts). */
+/**
+ * The generic provider's final status, from its webhook or its get-call API, in the vocabulary every provider's report
+ * shares (dispatch/final-report.ts).
+ */
 export function genericReport(body: {
   callId: string
   status: ProviderFinal
@@ -167,7 +170,7 @@ export function genericReport(body: {
     outcome: body.status,
     fault: body.status === 'COMPLETED' ? 'none' : body.status === 'FAILED' ? 'platform' : 'callee',
     known: true,
-    error: body.error ?? `provider reported ${body.status}`,
+    ...(body.status === 'COMPLETED' ? {} : { error: body.error ?? webhookError(body.status, undefined).message }),
     result: compact({
       provider: 'generic',
       providerCallId: body.callId,
