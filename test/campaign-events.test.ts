@@ -1,57 +1,19 @@
 import { sql } from 'kysely'
 import pg from 'pg'
 import { Webhook } from 'standardwebhooks'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { deleteEndpoint } from '../src/notify/endpoints.ts'
+import { describe, expect, it } from 'vitest'
 import { sweepCampaignCalls } from '../src/sql/sweep.ts'
 import { closedWindow, NUMBERS } from './campaign-helpers.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
-import { type Receiver, startReceiver } from './receiver.ts'
-import { resetTables, type Stack, startStack } from './stack.ts'
+import { useWebhookStack } from './webhook-stack.ts'
 
 // Campaign events (migration 0050, docs/webhooks.md): written in the transaction of the change, delivered signed to
 // the endpoints that want them, in the campaign's own order. The service in-process on a real database, dialing the
 // simulator, delivering to real HTTP receivers on 127.0.0.1.
 
-const WEBHOOK_ENV = {
-  WEBHOOK_RETRY_BASE_DELAY_MS: '100',
-  WEBHOOK_RETRY_MAX_DELAY_MS: '400',
-  WEBHOOK_TIMEOUT_MS: '1000',
-  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
-  RATE_LIMIT_MAX: '1000000',
-}
-
-let t: TestDb
-let s: Stack
-const receivers: Receiver[] = []
-
-beforeAll(async () => {
-  t = await createTestDb()
-  s = await startStack(t, WEBHOOK_ENV)
-})
-afterEach(async () => {
-  for (const r of receivers.splice(0)) await r.close()
-  for (const { id } of await t.db.selectFrom('webhook_endpoints').select('id').execute()) await deleteEndpoint(t.db, id)
-  await resetTables(t)
+const { t, s, receiver, endpoint } = useWebhookStack(async (t) => {
   await sql`delete from webhook_events`.execute(t.db)
 })
-afterAll(async () => {
-  await s?.stop()
-  await t?.drop()
-})
-
-async function receiver(respond?: Parameters<typeof startReceiver>[0]) {
-  const r = await startReceiver(respond)
-  receivers.push(r)
-  return r
-}
-
-async function endpoint(body: object): Promise<{ id: string; secret: string }> {
-  const res = await s.api('POST', '/api/v1/webhook-endpoints', body)
-  expect(res.statusCode).toBe(201)
-  return res.body.data
-}
 
 async function campaign(body: object = {}): Promise<string> {
   const res = await s.api('POST', '/api/v1/campaigns', { name: 'events', ...body })

@@ -1,54 +1,17 @@
 import { spawn } from 'node:child_process'
 import { sql } from 'kysely'
 import { Webhook } from 'standardwebhooks'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { deleteEndpoint } from '../src/notify/endpoints.ts'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { expireOverdueCalls } from '../src/sql/sweep.ts'
-import { createTestDb, type TestDb } from './db.ts'
 import { phone, waitFor } from './helpers.ts'
 import { type Received, type Receiver, startReceiver } from './receiver.ts'
-import { resetTables, type Stack, startStack } from './stack.ts'
+import { type Stack, startStack } from './stack.ts'
+import { useWebhookStack, WEBHOOK_ENV } from './webhook-stack.ts'
 
 // Client webhooks end to end: the service in-process on a real database, dialing the simulator, delivering to real
 // HTTP receivers on 127.0.0.1, with retry delays of a few hundred milliseconds.
 
-const WEBHOOK_ENV = {
-  WEBHOOK_RETRY_BASE_DELAY_MS: '100',
-  WEBHOOK_RETRY_MAX_DELAY_MS: '400',
-  WEBHOOK_TIMEOUT_MS: '1000',
-  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
-  RATE_LIMIT_MAX: '1000000',
-}
-
-let t: TestDb
-let s: Stack
-const receivers: Receiver[] = []
-
-beforeAll(async () => {
-  t = await createTestDb()
-  s = await startStack(t, WEBHOOK_ENV)
-})
-afterEach(async () => {
-  for (const r of receivers.splice(0)) await r.close()
-  for (const { id } of await t.db.selectFrom('webhook_endpoints').select('id').execute()) await deleteEndpoint(t.db, id)
-  await resetTables(t)
-})
-afterAll(async () => {
-  await s?.stop()
-  await t?.drop()
-})
-
-async function receiver(respond?: Parameters<typeof startReceiver>[0]) {
-  const r = await startReceiver(respond)
-  receivers.push(r)
-  return r
-}
-
-async function endpoint(body: object, stack = s): Promise<{ id: string; secret: string }> {
-  const res = await stack.api('POST', '/api/v1/webhook-endpoints', body)
-  expect(res.statusCode).toBe(201)
-  return res.body.data
-}
+const { t, s, restart, receiver, endpoint } = useWebhookStack()
 
 /** Until the receiver acknowledged as many distinct events as the log holds (call events only). */
 async function waitForAllAcknowledged(r: Receiver, timeoutMs = 30_000) {
@@ -178,8 +141,7 @@ describe('client webhooks', () => {
       const res = await s.api('GET', `/api/v1/webhook-endpoints/${ep.id}/deliveries?status=retrying`)
       return res.body.data.length >= 5
     })
-    const back = await startReceiver(() => 200, port)
-    receivers.push(back)
+    const back = await receiver(() => 200, port)
     await waitForAllAcknowledged(back)
     expectOrderedPerCall(back.received)
     const res = await s.api('GET', `/api/v1/webhook-endpoints/${ep.id}/deliveries?status=retrying`)
@@ -351,7 +313,7 @@ describe('client webhooks that keep failing', () => {
   })
   afterAll(async () => {
     await g.stop()
-    s = await startStack(t, WEBHOOK_ENV)
+    await restart()
   })
 
   it('gives an event up after WEBHOOK_RETRY_FOR_MS and disables an endpoint failing for WEBHOOK_DISABLE_AFTER_MS', async () => {
