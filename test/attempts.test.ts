@@ -2,7 +2,8 @@ import { sql } from 'kysely'
 import pg from 'pg'
 import { beforeEach, describe, expect, it } from 'vitest'
 import { CALL_ERRORS } from '../src/dispatch/call-state.ts'
-import { endAttempts, recordDialsAccepted } from '../src/sql/attempts.ts'
+import { endAttempts, endAttemptsAndClaim, recordDialsAccepted } from '../src/sql/attempts.ts'
+import { claimDueCalls } from '../src/sql/claim.ts'
 import { insertCampaign } from '../src/sql/campaigns.ts'
 import { closedWindow } from './campaign-helpers.ts'
 import { useTestDb } from './kit.ts'
@@ -168,5 +169,45 @@ describe('endAttempts', () => {
     const { rows } = await sql<{ n: number }>`
       select count(*)::int as n from calls where status = 'COMPLETED' and provider_call_id like 'p_%'`.execute(t.db)
     expect(rows[0]?.n).toBe(ids.length)
+  })
+})
+
+describe('endAttemptsAndClaim', () => {
+  it('claims into the slots the ends freed, in the same transaction, and returns the claimed calls as a claim does', async () => {
+    const live = await callIn(t, 'IN_PROGRESS')
+    const waiting = await callIn(t, 'PENDING')
+    // cap 1 and one call in progress: only a claim that sees the end as done finds a free slot
+    expect(await claimDueCalls(t.db, 1, 5)).toEqual([])
+
+    const { results, claimed, refilled } = await endAttemptsAndClaim(t.db, [report(live, 1)], 1, 5)
+    expect(results).toEqual([{ outcome: 'applied', status: 'COMPLETED', freedSlot: true }])
+    expect(claimed.map((c) => c.id)).toEqual([waiting])
+    // the claimed call as it is stored, with the same types a claim returns (timestamps as Date)
+    expect(claimed[0]).toEqual(await row(waiting))
+    expect(claimed[0]).toMatchObject({ status: 'IN_PROGRESS', attempts: 1 })
+    expect(refilled).toBe(true) // it asked for 5 and took 1: nothing more is due
+
+    // one transaction: the end's history row and the claim's were written by the same transaction id (xmin)
+    const { rows } = await sql<{ kind: string; xid: string }>`
+      select kind, xmin::text as xid from call_events
+       where (call_id = ${live}::uuid and kind = 'WEBHOOK') or (call_id = ${waiting}::uuid and kind = 'CLAIMED')
+       order by kind`.execute(t.db)
+    expect(rows.map((r) => r.kind)).toEqual(['CLAIMED', 'WEBHOOK'])
+    expect(rows[0]?.xid).toBe(rows[1]?.xid)
+  })
+
+  it('claims nothing when no slot was freed, and says the slots were not refilled when it took all it asked for', async () => {
+    const done = await callIn(t, 'COMPLETED')
+    const waiting = await callIn(t, 'PENDING')
+    const nothingFreed = await endAttemptsAndClaim(t.db, [report(done, 1)], 10, 5)
+    expect(nothingFreed.results[0]).toMatchObject({ outcome: 'duplicate', freedSlot: false })
+    expect(nothingFreed.claimed).toEqual([])
+    expect((await row(waiting)).status).toBe('PENDING')
+
+    const live = await callIn(t, 'IN_PROGRESS')
+    await callIn(t, 'PENDING')
+    const full = await endAttemptsAndClaim(t.db, [report(live, 1)], 10, 1)
+    expect(full.claimed).toHaveLength(1)
+    expect(full.refilled).toBe(false) // it took the one call it asked for: more may be due
   })
 })

@@ -52,6 +52,20 @@ describe('the global cap and one call per phone', () => {
     }
   })
 
+  it("claims the next call in the statement that ends the previous one's attempt", async () => {
+    // cap 1: a call can only be claimed once the previous one has ended. Claimed by the webhook's own statement
+    // (migration 0082), its CLAIMED row was written by the transaction (xmin) that wrote the previous call's WEBHOOK.
+    stack = await startStack(t, { MAX_CONCURRENT_CALLS: '1' }, { callDurationMs: 30 })
+    await stack.createCalls(4, (i) => phone(700 + i))
+    await stack.waitAllFinal()
+    const { rows } = await sql<{ kind: string; xid: string }>`
+      select kind, xmin::text as xid from call_events where kind in ('CLAIMED', 'WEBHOOK') order by id`.execute(t.db)
+    const ends = new Set(rows.filter((r) => r.kind === 'WEBHOOK').map((r) => r.xid))
+    const claims = rows.filter((r) => r.kind === 'CLAIMED').map((r) => r.xid)
+    expect(claims).toHaveLength(4)
+    expect(claims.slice(1).map((at) => ends.has(at))).toEqual([true, true, true])
+  })
+
   it('claims with its plan pinned and never JIT-compiled (db/migrations/0004)', async () => {
     // Before PostgreSQL 18 the pinned plan's cost crosses jit_above_cost: without jit = off a claim took 171 ms.
     const { rows } = await sql<{ config: string[] }>`

@@ -117,12 +117,25 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     if (performance.now() < pausedUntil) return false
     const asked = maxInFlight - inFlight.size
     const calls = await claimDueCalls(o.db, o.maxConcurrentCalls, asked)
+    dialAll(calls)
+    return asked > 0 && calls.length === asked
+  }
+
+  /** Dials claimed calls, whoever claimed them: this loop, or the recorder in the statement that freed their slots. */
+  function dialAll(calls: Call[]) {
     for (const call of calls) {
       const p = dialAndRecord(call).finally(() => inFlight.delete(p))
       inFlight.add(p)
     }
-    return asked > 0 && calls.length === asked
   }
+
+  // The recorder refills the slots that the ends it writes free, in the same statement (recorder.ts), as long as this
+  // loop would claim: not after stop(), and not during a pause after a 401 or a 429.
+  o.recorder.refillFor({
+    cap: o.maxConcurrentCalls,
+    room: () => (running && performance.now() >= pausedUntil ? Math.max(0, maxInFlight - inFlight.size) : 0),
+    dial: dialAll,
+  })
 
   async function dialAndRecord(call: Call) {
     const attempt = call.attempts

@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely'
-import type { DB } from '../db/database.ts'
+import type { Call, DB } from '../db/database.ts'
 import type { AttemptEnd, CallError, CallStatus, EventKind, ProviderFinal } from '../dispatch/call-state.ts'
+import { callFromJson, defaultIsReadCommitted } from './claim.ts'
 
 // Invariant: an attempt ends once. Every statement here is fenced on (id, status = 'IN_PROGRESS', attempts =
 // attempt), so a duplicate, late or out-of-order report matches no row: it is recorded in call_events and changes
@@ -94,29 +95,75 @@ export interface EndAttemptResult {
 
 /**
  * Ends several attempts, at most one report per call, in one statement: the fenced updates and a history row per
- * report that says whether it applied. A burst of webhooks (every slot's call ends at about the same time when calls
- * have one length) then costs one round trip and one commit instead of one each. Results are in input order.
+ * report that says whether it applied (end_attempts(), migration 0082). A burst of webhooks (every slot's call ends at
+ * about the same time when calls have one length) then costs one round trip and one commit instead of one each.
+ * Results are in input order.
  */
 export async function endAttempts(db: Kysely<DB>, inputs: readonly EndAttemptInput[]): Promise<EndAttemptResult[]> {
-  const first = await endAttemptsOnce(db, inputs)
+  return (await endThenClaim(db, inputs, undefined)).results
+}
+
+export interface EndedAndClaimed {
+  results: EndAttemptResult[]
+  /** Calls claimed into the freed slots: now IN_PROGRESS, to be dialed by the caller. */
+  claimed: Call[]
+  /**
+   * True when every slot these reports freed was offered to the claim and the claim took fewer calls than it was
+   * allowed: nothing more is due for now, so the dispatcher need not claim again.
+   */
+  refilled: boolean
+}
+
+/**
+ * endAttempts, then, if a slot was freed, the claim of up to `max` calls (claim.ts rules, under the dispatch lock)
+ * in the same transaction: one round trip and one commit where there were two, between the provider's report and
+ * the dial that takes its slot (end_attempts_and_claim(), migration 0082). The claim must see the end's rows, which
+ * a function's second statement does only under READ COMMITTED; otherwise this only ends the attempts.
+ */
+export async function endAttemptsAndClaim(
+  db: Kysely<DB>,
+  inputs: readonly EndAttemptInput[],
+  cap: number,
+  max: number,
+): Promise<EndedAndClaimed> {
+  const claim = max > 0 && (await defaultIsReadCommitted(db)) ? { cap, max } : undefined
+  return endThenClaim(db, inputs, claim)
+}
+
+async function endThenClaim(
+  db: Kysely<DB>,
+  inputs: readonly EndAttemptInput[],
+  claim: { cap: number; max: number } | undefined,
+): Promise<EndedAndClaimed> {
+  const first = await endAttemptsOnce(db, inputs, claim)
+  const { results, claimed } = first
   // A row that was IN_PROGRESS in our snapshot but that another statement (a duplicate of this report, or the
   // timeout sweep) changed first. Look again, once, so a report that races the timeout still lands as 'late'.
   const again = inputs.flatMap((input, i) => {
-    const r = first[i] as EndAttemptResult
+    const r = results[i] as EndAttemptResult
     return r.outcome === 'duplicate' && r.status === 'IN_PROGRESS' ? [{ input, i }] : []
   })
-  if (again.length === 0) return first
-  const second = await endAttemptsOnce(
-    db,
-    again.map((a) => a.input),
-  )
-  again.forEach((a, j) => {
-    first[a.i] = second[j] as EndAttemptResult
-  })
-  return first
+  let refilled = claim !== undefined && claimed.length < claim.max
+  if (again.length > 0) {
+    const second = await endAttemptsOnce(
+      db,
+      again.map((a) => a.input),
+      undefined,
+    )
+    again.forEach((a, j) => {
+      const r = second.results[j] as EndAttemptResult
+      results[a.i] = r
+      if (r.freedSlot) refilled = false
+    })
+  }
+  return { results, claimed, refilled }
 }
 
-async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[]): Promise<EndAttemptResult[]> {
+async function endAttemptsOnce(
+  db: Kysely<DB>,
+  inputs: readonly EndAttemptInput[],
+  claim: { cap: number; max: number } | undefined,
+): Promise<{ results: EndAttemptResult[]; claimed: Call[] }> {
   const reports = inputs.map((input, ord) => {
     const { end } = input
     const back = end.next === 'PENDING'
@@ -137,114 +184,34 @@ async function endAttemptsOnce(db: Kysely<DB>, inputs: readonly EndAttemptInput[
       detail: input.detail ?? {},
     }
   })
-  // Calls are found through "id = any(array(select call_id from report))", which the planner answers from the primary
-  // key: joined to the JSON alone, the plan hashed it against a sequential scan of calls (about 1.5 ms per statement
-  // at 3,000-5,000 rows, growing with them). An array the planner cannot see into also keeps custom plans no cheaper
-  // than the generic one, so PostgreSQL settles on the generic plan: with the ids as a parameter it re-planned every
-  // run (up to 0.7 ms of planning per statement, more than its execution).
-  const { rows } = await sql<{
-    ord: number
-    before_status: CallStatus
-    after_status: CallStatus
-    outcome: EndOutcome
-    due_in_ms: number | null
-  }>`
-    with report as (
-      select * from jsonb_to_recordset(${JSON.stringify(reports)}::jsonb) as r(
-        ord int, call_id uuid, attempt int, next text, refund int, throttled boolean, delay_sec float8, error jsonb,
-        duration_sec int, outcome text, provider_call_id text, event_kind text, event_status text, detail jsonb)
-    ), target as (
-      select r.ord, c.id, c.status, c.attempts,
-             -- a signed report replayed against another call names a provider id that is not this call's
-             (c.provider_call_id is not null and r.provider_call_id is not null
-              and c.provider_call_id <> r.provider_call_id) as mismatch
-        from calls c join report r on r.call_id = c.id
-       where c.id = any(array(select call_id from report))
-    ), locked as (
-      -- in id order, like recordDialsAccepted: batches that lock shared rows in different orders would deadlock
-      select id from calls where id = any(array(select call_id from report)) order by id for no key update
-    ), decided as (
-      -- campaigns (migration 0010): a campaign's retryPolicy may override r.next, a retry waits for the calling
-      -- window, and a retry of a canceled campaign's call ends CANCELED. For other calls this is r.next unchanged.
-      select r.ord, d.next, d.next_at, d.due_at
-        from report r join calls c on c.id = r.call_id
-        cross join lateral campaign_end_attempt(c.campaign_id, c.time_zones, r.next, r.refund = 0, r.delay_sec,
-                                                r.outcome, r.event_kind, r.attempt, r.error ->> 'code') d
-       where c.id = any(array(select call_id from report))
-    ), ended as (
-      update calls c
-         set status           = d.next,
-             attempts         = c.attempts - r.refund,
-             next_attempt_at  = case when d.next = 'PENDING' then d.next_at else c.next_attempt_at end,
-             -- the retry delay's end before the window moved it (migration 0043): a window change keeps it
-             retry_at         = case when d.next = 'PENDING' then d.due_at else c.retry_at end,
-             ended_at         = case when d.next = 'PENDING' then null else now() end,
-             last_error       = r.error,
-             last_outcome     = coalesce(r.outcome, c.last_outcome),
-             reported_attempt = case when r.outcome is not null then r.attempt else c.reported_attempt end,
-             -- consecutive 429s: their delay grows and their total time is bounded (call-state.ts)
-             throttles        = case when r.throttled then c.throttles + 1 when r.refund = 1 then c.throttles else 0 end,
-             throttled_since  = case when r.throttled then coalesce(c.throttled_since, now())
-                                     when r.refund = 1 then c.throttled_since end,
-             duration_sec     = coalesce(r.duration_sec, c.duration_sec),
-             -- what the platform reported (issue 13), in this statement so that the final client event's copy of
-             -- the call carries it (the event is written by this UPDATE's trigger)
-             last_result      = coalesce(r.detail -> 'result', c.last_result),
-             -- a dial whose answer we never read (unknown) learns its provider id from the report
-             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
-        from report r join locked l on l.id = r.call_id join decided d on d.ord = r.ord
-       where c.id = r.call_id and c.status = 'IN_PROGRESS' and c.attempts = r.attempt
-         and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
-      returning r.ord, c.status, c.next_attempt_at
-    ), late as (
-      update calls c
-         set status           = case when r.outcome = 'COMPLETED' then 'COMPLETED' else c.status end,
-             ended_at         = case when r.outcome = 'COMPLETED' then now() else c.ended_at end,
-             last_error       = r.error,
-             last_outcome     = r.outcome,
-             reported_attempt = r.attempt,
-             duration_sec     = coalesce(r.duration_sec, c.duration_sec),
-             last_result      = coalesce(r.detail -> 'result', c.last_result),
-             provider_call_id = coalesce(c.provider_call_id, r.provider_call_id)
-        from report r join locked l on l.id = r.call_id
-       where c.id = r.call_id and c.attempts = r.attempt and r.outcome is not null
-         and c.status in ('PENDING', 'FAILED', 'EXPIRED', 'CANCELED')
-         and c.reported_attempt is distinct from r.attempt
-         and (c.provider_call_id is null or r.provider_call_id is null or c.provider_call_id = r.provider_call_id)
-      returning r.ord, c.status
-    ), outcome as (
-      select t.ord, t.id, t.status as before_status, coalesce(e.status, l.status, t.status) as after_status,
-             case when e.status = 'PENDING'
-                  then greatest(extract(epoch from e.next_attempt_at - now())::float8 * 1000, 0) end as due_in_ms,
-             case when e.ord is not null then 'applied'
-                  when l.ord is not null then 'late'
-                  when t.attempts > r.attempt then 'stale'
-                  when t.mismatch then 'mismatch'
-                  else 'duplicate' end as outcome
-        from target t join report r on r.ord = t.ord
-        left join ended e on e.ord = t.ord
-        left join late l on l.ord = t.ord
-    ), history as (
-      insert into call_events (call_id, attempt, kind, status, detail)
-      select o.id, r.attempt, r.event_kind, r.event_status,
-             r.detail || jsonb_build_object('outcome', o.outcome, 'next', r.next)
-        from outcome o join report r on r.ord = o.ord
-       where o.outcome <> 'mismatch'
-       order by o.ord
-    )
-    select ord, before_status, after_status, outcome, due_in_ms from outcome
-  `.execute(db)
-  const byOrd = new Map(rows.map((r) => [r.ord, r]))
-  return reports.map(({ ord }): EndAttemptResult => {
+  const json = JSON.stringify(reports)
+  const { rows } = claim
+    ? await sql<EndedRow>`
+        select * from end_attempts_and_claim(${json}::jsonb, ${claim.cap}::int, ${claim.max}::int)`.execute(db)
+    : await sql<EndedRow>`select * from end_attempts(${json}::jsonb)`.execute(db)
+  const byOrd = new Map(rows.flatMap((r) => (r.ord === null ? [] : [[r.ord, r] as const])))
+  const results = reports.map(({ ord }): EndAttemptResult => {
     const row = byOrd.get(ord)
     if (!row) return { outcome: 'unknown_call', status: undefined, freedSlot: false }
     return {
-      outcome: row.outcome,
-      status: row.after_status,
+      outcome: row.outcome as EndOutcome,
+      status: row.after_status as CallStatus,
       freedSlot: row.outcome === 'applied',
       ...(row.due_in_ms === null ? {} : { dueInMs: row.due_in_ms }),
     }
   })
+  const claimed = rows.flatMap((r) => (r.claimed ? [callFromJson(r.claimed)] : []))
+  return { results, claimed }
+}
+
+/** A row of end_attempts(), or of end_attempts_and_claim(): a report's end (ord set) or a claimed call. */
+interface EndedRow {
+  ord: number | null
+  before_status: string | null
+  after_status: string | null
+  outcome: string | null
+  due_in_ms: number | null
+  claimed?: Record<string, unknown> | null
 }
 
 /** A progress report (RINGING, IN_PROGRESS): history only. Returns false for an unknown call. */

@@ -32,7 +32,7 @@ export async function claimDueCalls(db: Kysely<DB>, cap: number, max: number): P
 
 const readCommittedByDefault = new WeakMap<Kysely<DB>, Promise<boolean>>()
 
-function defaultIsReadCommitted(db: Kysely<DB>): Promise<boolean> {
+export function defaultIsReadCommitted(db: Kysely<DB>): Promise<boolean> {
   let known = readCommittedByDefault.get(db)
   if (!known) {
     known = sql<{ level: string }>`select current_setting('default_transaction_isolation') as level`
@@ -42,6 +42,27 @@ function defaultIsReadCommitted(db: Kysely<DB>): Promise<boolean> {
     readCommittedByDefault.set(db, known)
   }
   return known
+}
+
+/** The columns of calls that pg returns as Date; to_jsonb() writes them as ISO strings. */
+const TIMESTAMPS = [
+  'next_attempt_at',
+  'created_at',
+  'updated_at',
+  'started_at',
+  'ended_at',
+  'expires_at',
+  'throttled_since',
+  'reconciled_at',
+  'scheduled_at',
+  'retry_at',
+] as const satisfies readonly (keyof Call)[]
+
+/** A calls row claimed inside another function (end_attempts_and_claim, migration 0082), as to_jsonb() wrote it. */
+export function callFromJson(json: Record<string, unknown>): Call {
+  const call: Record<string, unknown> = { ...json }
+  for (const k of TIMESTAMPS) if (typeof call[k] === 'string') call[k] = new Date(call[k] as string)
+  return call as unknown as Call
 }
 
 /**
