@@ -33,8 +33,12 @@ export interface HoldResult {
 export interface ZeroLengthCompare {
   /** Calls/s end to end (create through the API -> last final webhook acknowledged), per round. */
   cap30Rounds: number[]
+  /** The same single instance as benchmark 5 with only MAX_CONCURRENT_CALLS raised: what the cap itself costs. */
+  cap1000OneRounds: number[]
+  /** The scaled-out deployment: created through a ROLE=api instance, dialed by three ROLE=worker instances. */
   cap1000Rounds: number[]
   cap30PerSec: number
+  cap1000OnePerSec: number
   cap1000PerSec: number
   cap30Checks: RunChecks[]
   cap1000Checks: RunChecks[]
@@ -151,22 +155,25 @@ export async function benchHold(
 }
 
 /**
- * Zero-length calls, 5,000 a round: the cap-30 service (one ROLE=all instance, as benchmark 5) and the cap-1,000
- * deployment in alternating rounds, so both see the same machine.
+ * Zero-length calls, 5,000 a round: the cap-30 service (one ROLE=all instance, as benchmark 5), the same service at
+ * cap 1,000, and the cap-1,000 deployment, in alternating rounds, so all three see the same machine.
  */
 export async function benchZeroLengthCompare(
   cap30: { url: string; db: Kysely<DB>; sim: Simulator },
+  cap1000One: { url: string; db: Kysely<DB>; sim: Simulator },
   cap1000: { url: string; db: Kysely<DB>; sim: Simulator },
   rounds = 3,
   n = 5000,
 ): Promise<ZeroLengthCompare> {
   const cap30Rounds: number[] = []
+  const cap1000OneRounds: number[] = []
   const cap1000Rounds: number[] = []
   const cap30Checks: RunChecks[] = []
   const cap1000Checks: RunChecks[] = []
   for (let i = 0; i < rounds; i++) {
     for (const [arm, out, checks] of [
       [cap30, cap30Rounds, cap30Checks],
+      [cap1000One, cap1000OneRounds, cap1000Checks],
       [cap1000, cap1000Rounds, cap1000Checks],
     ] as const) {
       const run = await dispatchRun(arm.url, arm.db, arm.sim, n, 0)
@@ -177,8 +184,10 @@ export async function benchZeroLengthCompare(
   }
   return {
     cap30Rounds,
+    cap1000OneRounds,
     cap1000Rounds,
     cap30PerSec: round(median(cap30Rounds)),
+    cap1000OnePerSec: round(median(cap1000OneRounds)),
     cap1000PerSec: round(median(cap1000Rounds)),
     cap30Checks,
     cap1000Checks,
