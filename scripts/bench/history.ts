@@ -131,6 +131,7 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
   }
   const first = await get('/api/v1/calls?limit=20')
   const cursor = first.pagination?.nextCursor ?? undefined
+  const oldCall = (await sql<{ id: string }>`select id from calls order by created_at limit 1`.execute(db)).rows[0]?.id
   const after: Record<string, Timing> = {
     'GET /api/v1/metrics': await time(rounds, () => get('/api/v1/metrics')),
     'metrics and Prometheus query (callSnapshot)': await time(rounds, () => callSnapshot(db)),
@@ -153,6 +154,20 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
     'dashboard queries (dashboardState + recentCalls)': await time(rounds, () =>
       Promise.all([dashboardState(db), recentCalls(db, 20)]),
     ),
+    // what `npm run calls -- status` and `-- show <id>` read (scripts/calls.ts)
+    'views call_overview + calls_in_progress (CLI status)': await time(rounds, () =>
+      Promise.all([
+        sql`select * from call_overview`.execute(db),
+        sql`select * from calls_in_progress limit 50`.execute(db),
+      ]),
+    ),
+    ...(oldCall
+      ? {
+          'view call_timeline of a year-old call (CLI show)': await time(rounds, () =>
+            sql`select * from call_timeline where call_id = ${oldCall}::uuid`.execute(db),
+          ),
+        }
+      : {}),
   }
   const before: Record<string, Timing> = {
     'metrics query (before)': await time(Math.min(rounds, 10), () => BEFORE.metrics.execute(db)),
