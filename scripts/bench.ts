@@ -30,7 +30,7 @@ import {
   startBenchDb,
   startServiceProcess,
 } from './bench/harness.ts'
-import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
+import { benchHistoryReads, compareWrites, fillHistory } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 import {
   formatArm,
@@ -248,10 +248,10 @@ async function phaseHistory(pg: BenchDb) {
       await fillHistory(db, historyCalls, log)
       log('11 reads: timing')
     }
-    const filled = await benchHistoryReads(svc.url, db)
-    const freshClaim = await timeClaims(fresh.db, 50)
-    const freshCreate = (await benchHistoryReads(freshSvc.url, fresh.db, 50)).create
-    return { history: { ...filled, freshClaim, freshCreate } }
+    const reads = await benchHistoryReads(svc.url, db)
+    log('11 claim and create: filled vs fresh database, alternating rounds')
+    const writes = await compareWrites({ serviceUrl: svc.url, db }, { serviceUrl: freshSvc.url, db: fresh.db })
+    return { history: { ...reads, ...writes } }
   } finally {
     await svc.stop()
     await freshSvc.stop()

@@ -118,8 +118,6 @@ export interface HistoryResult {
   sizes: Record<string, string>
   before: Record<string, Timing>
   after: Record<string, Timing>
-  claim: Timing
-  create: Timing
 }
 
 /** Reads against the filled database: the service's HTTP endpoints, and the old statements for comparison. */
@@ -174,16 +172,6 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
     'list page 1 + count(*) (before)': await time(Math.min(rounds, 10), () => BEFORE.listFirst.execute(db)),
     'list COMPLETED page 5000 + count (before)': await time(Math.min(rounds, 10), () => BEFORE.listDeep.execute(db)),
   }
-  let n = 0
-  const create = await time(rounds, async () => {
-    const res = await fetch(`${serviceUrl}/api/v1/calls`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ to: `+96650${String(1_000_000 + n++).padStart(7, '0')}`, scriptId: 'bench' }),
-    })
-    if (res.status !== 201) throw new Error(`create: ${res.status}`)
-  })
-  const claim = await timeClaims(db, rounds)
   const { rows } = await sql<{ name: string; size: string }>`
     select relname as name, pg_size_pretty(pg_total_relation_size(oid)) as size from pg_class
      where relname in ('calls', 'call_events') order by relname`.execute(db)
@@ -196,31 +184,92 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
     sizes: Object.fromEntries(rows.map((r) => [r.name, r.size])),
     before,
     after,
-    claim,
-    create,
   }
 }
 
+export interface WriteSide {
+  serviceUrl: string
+  db: Database
+}
+
+export interface WriteComparison {
+  claim: Timing
+  freshClaim: Timing
+  create: Timing
+  freshCreate: Timing
+}
+
 /**
- * Claims of 30 from 3,000 due calls (the service's claim function), each undone after, so every round claims from
- * the same backlog. Run it on a fresh database too to compare.
+ * Claims of 30 from 3,000 due calls (the service's claim function, each undone after, so every claim takes from the
+ * same backlog) and single creates through the API, on the filled and on a fresh database in alternating rounds of
+ * `perRound`: the machine's load, shared with other work, falls on both alike.
  */
-export async function timeClaims(db: Database, rounds: number): Promise<Timing> {
+export async function compareWrites(
+  filled: WriteSide,
+  fresh: WriteSide,
+  rounds = 6,
+  perRound = 20,
+): Promise<WriteComparison> {
+  const samples = new Map<string, number[]>()
+  const add = (key: string, ms: number) => samples.set(key, [...(samples.get(key) ?? []), ms])
+  for (const side of [filled, fresh]) await addDueCalls(side.db)
+  let phone = 0
+  const createOne = async (url: string) => {
+    const res = await fetch(`${url}/api/v1/calls`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ to: `+96650${String(1_000_000 + phone++).padStart(7, '0')}`, scriptId: 'bench' }),
+    })
+    if (res.status !== 201) throw new Error(`create: ${res.status}`)
+  }
+  for (let r = 0; r < rounds; r++) {
+    // the first round of each side warms it up and is not counted
+    for (const [name, side] of r % 2 === 0
+      ? ([
+          ['filled', filled],
+          ['fresh', fresh],
+        ] as const)
+      : ([
+          ['fresh', fresh],
+          ['filled', filled],
+        ] as const)) {
+      for (let i = 0; i < perRound; i++) {
+        const t0 = performance.now()
+        await claimAndUndo(side.db)
+        if (r > 0) add(`${name} claim`, performance.now() - t0)
+      }
+      for (let i = 0; i < perRound; i++) {
+        const t0 = performance.now()
+        await createOne(side.serviceUrl)
+        if (r > 0) add(`${name} create`, performance.now() - t0)
+      }
+    }
+  }
+  for (const side of [filled, fresh])
+    await sql`delete from calls where script_id in ('bench-claim', 'bench')`.execute(side.db)
+  const timing = (key: string): Timing => {
+    const ms = samples.get(key) ?? []
+    return { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n: ms.length }
+  }
+  return {
+    claim: timing('filled claim'),
+    freshClaim: timing('fresh claim'),
+    create: timing('filled create'),
+    freshCreate: timing('fresh create'),
+  }
+}
+
+async function addDueCalls(db: Database) {
   await sql`
     insert into calls (to_phone, script_id, expires_at)
     select '+9665' || lpad((20000000 + i)::text, 8, '0'), 'bench-claim', now() + interval '1 hour'
       from generate_series(1, 3000) i`.execute(db)
   await sql`analyze calls`.execute(db)
-  const ms: number[] = []
-  for (let i = 0; i < rounds + 3; i++) {
-    const t0 = performance.now()
-    const claimed = await claimDueCalls(db, 100_000, 30)
-    if (i >= 3) ms.push(performance.now() - t0)
-    if (claimed.length !== 30) throw new Error(`claimed ${claimed.length}`)
-    await sql`update calls set status = 'PENDING', attempts = 0, started_at = null
-               where id = any(${claimed.map((c) => c.id)}::uuid[])`.execute(db)
-  }
-  const timing = { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n: rounds }
-  await sql`delete from calls where script_id = 'bench-claim'`.execute(db)
-  return timing
+}
+
+async function claimAndUndo(db: Database) {
+  const claimed = await claimDueCalls(db, 100_000, 30)
+  if (claimed.length !== 30) throw new Error(`claimed ${claimed.length}`)
+  await sql`update calls set status = 'PENDING', attempts = 0, started_at = null
+             where id = any(${claimed.map((c) => c.id)}::uuid[])`.execute(db)
 }
