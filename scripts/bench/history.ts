@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import { sql } from 'kysely'
 import type { Database } from '../../src/db/database.ts'
+import { insertCallsForIds } from '../../src/sql/calls.ts'
 import { claimDueCalls } from '../../src/sql/claim.ts'
 import { dashboardState, recentCalls } from '../../src/sql/dashboard.ts'
 import { callSnapshot } from '../../src/sql/metrics.ts'
@@ -13,7 +14,8 @@ import { percentile, round } from './stats.ts'
 // The fill is server-side generate_series in chunks of 500,000 calls, with triggers and foreign-key checks off for
 // the filling session (session_replication_role = replica) and the secondary indexes dropped and rebuilt after,
 // then call_counts rebuilt from the rows under a lock. It writes what the service would: calls COMPLETED (80 %) or
-// FAILED, 1-3 attempts, created over the last 365 days, with CREATED, CLAIMED, DIAL_ACCEPTED and WEBHOOK events.
+// FAILED, 1-3 attempts, created over the last 365 days (ids UUIDv7 of that time, as src/ids.ts makes them), with
+// CREATED, CLAIMED, DIAL_ACCEPTED and WEBHOOK events.
 //
 // "Before" runs the statements the previous code ran (copied below) on the same database, so before and after
 // share the data, the cache and the machine.
@@ -35,13 +37,17 @@ export async function fillHistory(db: Database, calls: number, log: (m: string) 
         with made as (
           insert into calls (id, to_phone, script_id, metadata, status, attempts, next_attempt_at, created_at,
                              updated_at, started_at, ended_at, expires_at, duration_sec, provider_call_id, last_outcome)
-          select gen_random_uuid(), '+9665' || lpad((10000000 + i % 89999999)::text, 8, '0'), 'bench-history',
+          select encode(set_byte(v.b, 6, (get_byte(v.b, 6) & 15) | 112), 'hex')::uuid, '+9665' || lpad((10000000 + i % 89999999)::text, 8, '0'), 'bench-history',
                  '{"campaign": "history"}', case when i % 5 = 0 then 'FAILED' else 'COMPLETED' end, 1 + i % 3,
                  at, at, at + interval '1 minute', at, at + interval '1 minute', at + interval '1 day',
                  case when i % 5 = 0 then null else 45 end, 'sim-' || i,
                  case when i % 5 = 0 then 'NO_ANSWER' else 'COMPLETED' end
             from generate_series(${from}::int, ${to}::int) i,
-                 lateral (select now() - interval '365 days' + (i::float8 / ${calls}::float8) * interval '364 days' as at) t
+                 lateral (select now() - interval '365 days' + (i::float8 / ${calls}::float8) * interval '364 days' as at) t,
+                 -- a UUIDv7 of the call's created_at, as src/ids.ts makes them
+                 lateral (select overlay(uuid_send(gen_random_uuid())
+                                  placing substring(int8send((extract(epoch from t.at) * 1000)::int8) from 3)
+                                  from 1 for 6) as b) v
           returning id, attempts, created_at
         )
         insert into call_events (call_id, attempt, kind, status, detail, created_at)
@@ -259,11 +265,20 @@ export async function compareWrites(
   }
 }
 
+/** 3,000 due calls, written as the service writes them (its ids). */
 async function addDueCalls(db: Database) {
-  await sql`
-    insert into calls (to_phone, script_id, expires_at)
-    select '+9665' || lpad((20000000 + i)::text, 8, '0'), 'bench-claim', now() + interval '1 hour'
-      from generate_series(1, 3000) i`.execute(db)
+  const calls = Array.from({ length: 3000 }, (_, i) => ({
+    toPhone: `+9665${20_000_001 + i}`,
+    scriptId: 'bench-claim',
+    metadata: {},
+    expiresAt: null,
+    idempotencyKey: null,
+    requestHash: null,
+    campaignId: null,
+    scheduledAt: null,
+    timeZones: null,
+  }))
+  await insertCallsForIds(db, calls, 3_600_000)
   await sql`analyze calls`.execute(db)
 }
 
