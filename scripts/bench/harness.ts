@@ -7,15 +7,83 @@ import pg from 'pg'
 import { type EmbeddedDb, freePort, startEmbeddedDb } from '../../src/db/embedded.ts'
 import { sleep } from './stats.ts'
 
-// What every benchmark stands on: one embedded PostgreSQL with default durability settings (fsync and
-// synchronous_commit on), a database per phase, and the service as a real child process, started as `npm start` does.
+// What every benchmark stands on: a PostgreSQL server with a database per phase, and the service as a real child
+// process, started as `npm start` does. The server is an embedded PostgreSQL with default durability settings (fsync
+// and synchronous_commit on), thrown away after the run, or an existing server named by an admin URL (--pg-url=),
+// where the bench creates its own databases (all named bench_*) and drops them when it ends, except those it keeps.
 
 export interface BenchDb {
   adminUrl: string
   version: string
-  /** Creates an empty database and returns its URL; the service migrates it on start. */
-  createDatabase(name: string): Promise<string>
+  /** 'embedded' or the admin URL's host:port. */
+  server: string
+  /** The server's settings that bear on the figures (durability, memory, JIT, preloaded libraries). */
+  settings: Record<string, string>
+  /**
+   * Creates an empty database and returns its URL; the service migrates it on start. `reuse`: the database must
+   * exist already and is kept as it is (a filled history database from an earlier run).
+   */
+  createDatabase(name: string, o?: { reuse?: boolean }): Promise<string>
+  /** Leaves the database on the server when the run ends (an external server only; an embedded one is deleted). */
+  keepDatabase(name: string): void
   stop(): Promise<void>
+}
+
+const REPORTED_SETTINGS = [
+  'fsync',
+  'synchronous_commit',
+  'full_page_writes',
+  'shared_buffers',
+  'work_mem',
+  'effective_cache_size',
+  'max_connections',
+  'jit',
+  'shared_preload_libraries',
+]
+
+async function serverFacts(admin: pg.Client) {
+  const { rows } = await admin.query<{ name: string; setting: string }>(
+    `select name, current_setting(name) as setting from unnest($1::text[]) name
+     union all select 'server_version', current_setting('server_version')`,
+    [REPORTED_SETTINGS],
+  )
+  const settings = Object.fromEntries(rows.map((r) => [r.name, r.setting]))
+  const version = settings.server_version ?? 'unknown'
+  delete settings.server_version
+  return { version, settings }
+}
+
+/** The bench's databases on `adminUrl`'s server; names must be plain identifiers starting with bench_. */
+function databasesOn(admin: pg.Client, adminUrl: string) {
+  const created = new Set<string>()
+  const kept = new Set<string>()
+  const check = (name: string) => {
+    if (!/^bench_[a-z0-9_]+$/.test(name)) throw new Error(`not a bench database name: ${name}`)
+  }
+  return {
+    async create(name: string, o: { reuse?: boolean } = {}) {
+      check(name)
+      if (o.reuse) {
+        const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [name])
+        if (!rowCount) throw new Error(`database ${name} does not exist: fill it first (--history-fill)`)
+        kept.add(name)
+      } else {
+        await admin.query(`drop database if exists ${name} with (force)`)
+        await admin.query(`create database ${name}`)
+        created.add(name)
+      }
+      const u = new URL(adminUrl)
+      u.pathname = `/${name}`
+      return u.toString()
+    },
+    keep(name: string) {
+      check(name)
+      kept.add(name)
+    },
+    async dropCreated() {
+      for (const name of created) if (!kept.has(name)) await admin.query(`drop database if exists ${name} with (force)`)
+    },
+  }
 }
 
 export async function startBenchDb(settings: Record<string, string> = {}): Promise<BenchDb> {
@@ -36,21 +104,43 @@ export async function startBenchDb(settings: Record<string, string> = {}): Promi
   }
   const admin = new pg.Client({ connectionString: embedded.url })
   await admin.connect()
-  const { rows } = await admin.query<{ v: string }>("select current_setting('server_version') as v")
+  const facts = await serverFacts(admin)
+  const dbs = databasesOn(admin, embedded.url)
   return {
     adminUrl: embedded.url,
-    version: rows[0]?.v ?? 'unknown',
-    async createDatabase(name) {
-      await admin.query(`drop database if exists ${name} with (force)`)
-      await admin.query(`create database ${name}`)
-      const u = new URL(embedded.url)
-      u.pathname = `/${name}`
-      return u.toString()
+    server: 'embedded',
+    ...facts,
+    createDatabase: dbs.create,
+    keepDatabase() {
+      throw new Error('an embedded server is deleted after the run: keep a database on a --pg-url= server')
     },
     async stop() {
       await admin.end()
       await embedded.stop()
       await rm(tmp, { recursive: true, force: true })
+    },
+  }
+}
+
+/** An existing server (`adminUrl` connects as a role that may create databases); its bench_* databases are dropped. */
+export async function connectBenchDb(adminUrl: string): Promise<BenchDb> {
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  const facts = await serverFacts(admin)
+  const dbs = databasesOn(admin, adminUrl)
+  const u = new URL(adminUrl)
+  return {
+    adminUrl,
+    server: `${u.hostname}:${u.port || 5432}`,
+    ...facts,
+    createDatabase: dbs.create,
+    keepDatabase: dbs.keep,
+    async stop() {
+      try {
+        await dbs.dropCreated()
+      } finally {
+        await admin.end()
+      }
     },
   }
 }

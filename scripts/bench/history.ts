@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import { sql } from 'kysely'
 import type { Database } from '../../src/db/database.ts'
+import { insertCallsForIds } from '../../src/sql/calls.ts'
 import { claimDueCalls } from '../../src/sql/claim.ts'
 import { dashboardState, recentCalls } from '../../src/sql/dashboard.ts'
 import { callSnapshot } from '../../src/sql/metrics.ts'
@@ -13,7 +14,8 @@ import { percentile, round } from './stats.ts'
 // The fill is server-side generate_series in chunks of 500,000 calls, with triggers and foreign-key checks off for
 // the filling session (session_replication_role = replica) and the secondary indexes dropped and rebuilt after,
 // then call_counts rebuilt from the rows under a lock. It writes what the service would: calls COMPLETED (80 %) or
-// FAILED, 1-3 attempts, created over the last 365 days, with CREATED, CLAIMED, DIAL_ACCEPTED and WEBHOOK events.
+// FAILED, 1-3 attempts, created over the last 365 days (ids UUIDv7 of that time, as src/ids.ts makes them), with
+// CREATED, CLAIMED, DIAL_ACCEPTED and WEBHOOK events.
 //
 // "Before" runs the statements the previous code ran (copied below) on the same database, so before and after
 // share the data, the cache and the machine.
@@ -35,13 +37,17 @@ export async function fillHistory(db: Database, calls: number, log: (m: string) 
         with made as (
           insert into calls (id, to_phone, script_id, metadata, status, attempts, next_attempt_at, created_at,
                              updated_at, started_at, ended_at, expires_at, duration_sec, provider_call_id, last_outcome)
-          select gen_random_uuid(), '+9665' || lpad((10000000 + i % 89999999)::text, 8, '0'), 'bench-history',
+          select encode(set_byte(v.b, 6, (get_byte(v.b, 6) & 15) | 112), 'hex')::uuid, '+9665' || lpad((10000000 + i % 89999999)::text, 8, '0'), 'bench-history',
                  '{"campaign": "history"}', case when i % 5 = 0 then 'FAILED' else 'COMPLETED' end, 1 + i % 3,
                  at, at, at + interval '1 minute', at, at + interval '1 minute', at + interval '1 day',
                  case when i % 5 = 0 then null else 45 end, 'sim-' || i,
                  case when i % 5 = 0 then 'NO_ANSWER' else 'COMPLETED' end
             from generate_series(${from}::int, ${to}::int) i,
-                 lateral (select now() - interval '365 days' + (i::float8 / ${calls}::float8) * interval '364 days' as at) t
+                 lateral (select now() - interval '365 days' + (i::float8 / ${calls}::float8) * interval '364 days' as at) t,
+                 -- a UUIDv7 of the call's created_at, as src/ids.ts makes them
+                 lateral (select overlay(uuid_send(gen_random_uuid())
+                                  placing substring(int8send((extract(epoch from t.at) * 1000)::int8) from 3)
+                                  from 1 for 6) as b) v
           returning id, attempts, created_at
         )
         insert into call_events (call_id, attempt, kind, status, detail, created_at)
@@ -118,8 +124,6 @@ export interface HistoryResult {
   sizes: Record<string, string>
   before: Record<string, Timing>
   after: Record<string, Timing>
-  claim: Timing
-  create: Timing
 }
 
 /** Reads against the filled database: the service's HTTP endpoints, and the old statements for comparison. */
@@ -131,6 +135,7 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
   }
   const first = await get('/api/v1/calls?limit=20')
   const cursor = first.pagination?.nextCursor ?? undefined
+  const oldCall = (await sql<{ id: string }>`select id from calls order by created_at limit 1`.execute(db)).rows[0]?.id
   const after: Record<string, Timing> = {
     'GET /api/v1/metrics': await time(rounds, () => get('/api/v1/metrics')),
     'metrics and Prometheus query (callSnapshot)': await time(rounds, () => callSnapshot(db)),
@@ -153,22 +158,26 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
     'dashboard queries (dashboardState + recentCalls)': await time(rounds, () =>
       Promise.all([dashboardState(db), recentCalls(db, 20)]),
     ),
+    // what `npm run calls -- status` and `-- show <id>` read (scripts/calls.ts)
+    'views call_overview + calls_in_progress (CLI status)': await time(rounds, () =>
+      Promise.all([
+        sql`select * from call_overview`.execute(db),
+        sql`select * from calls_in_progress limit 50`.execute(db),
+      ]),
+    ),
+    ...(oldCall
+      ? {
+          'view call_timeline of a year-old call (CLI show)': await time(rounds, () =>
+            sql`select * from call_timeline where call_id = ${oldCall}::uuid`.execute(db),
+          ),
+        }
+      : {}),
   }
   const before: Record<string, Timing> = {
     'metrics query (before)': await time(Math.min(rounds, 10), () => BEFORE.metrics.execute(db)),
     'list page 1 + count(*) (before)': await time(Math.min(rounds, 10), () => BEFORE.listFirst.execute(db)),
     'list COMPLETED page 5000 + count (before)': await time(Math.min(rounds, 10), () => BEFORE.listDeep.execute(db)),
   }
-  let n = 0
-  const create = await time(rounds, async () => {
-    const res = await fetch(`${serviceUrl}/api/v1/calls`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ to: `+96650${String(1_000_000 + n++).padStart(7, '0')}`, scriptId: 'bench' }),
-    })
-    if (res.status !== 201) throw new Error(`create: ${res.status}`)
-  })
-  const claim = await timeClaims(db, rounds)
   const { rows } = await sql<{ name: string; size: string }>`
     select relname as name, pg_size_pretty(pg_total_relation_size(oid)) as size from pg_class
      where relname in ('calls', 'call_events') order by relname`.execute(db)
@@ -181,31 +190,101 @@ export async function benchHistoryReads(serviceUrl: string, db: Database, rounds
     sizes: Object.fromEntries(rows.map((r) => [r.name, r.size])),
     before,
     after,
-    claim,
-    create,
   }
 }
 
+export interface WriteSide {
+  serviceUrl: string
+  db: Database
+}
+
+export interface WriteComparison {
+  claim: Timing
+  freshClaim: Timing
+  create: Timing
+  freshCreate: Timing
+}
+
 /**
- * Claims of 30 from 3,000 due calls (the service's claim function), each undone after, so every round claims from
- * the same backlog. Run it on a fresh database too to compare.
+ * Claims of 30 from 3,000 due calls (the service's claim function, each undone after, so every claim takes from the
+ * same backlog) and single creates through the API, on the filled and on a fresh database in alternating rounds of
+ * `perRound`: the machine's load, shared with other work, falls on both alike.
  */
-export async function timeClaims(db: Database, rounds: number): Promise<Timing> {
-  await sql`
-    insert into calls (to_phone, script_id, expires_at)
-    select '+9665' || lpad((20000000 + i)::text, 8, '0'), 'bench-claim', now() + interval '1 hour'
-      from generate_series(1, 3000) i`.execute(db)
-  await sql`analyze calls`.execute(db)
-  const ms: number[] = []
-  for (let i = 0; i < rounds + 3; i++) {
-    const t0 = performance.now()
-    const claimed = await claimDueCalls(db, 100_000, 30)
-    if (i >= 3) ms.push(performance.now() - t0)
-    if (claimed.length !== 30) throw new Error(`claimed ${claimed.length}`)
-    await sql`update calls set status = 'PENDING', attempts = 0, started_at = null
-               where id = any(${claimed.map((c) => c.id)}::uuid[])`.execute(db)
+export async function compareWrites(
+  filled: WriteSide,
+  fresh: WriteSide,
+  rounds = 6,
+  perRound = 20,
+): Promise<WriteComparison> {
+  const samples = new Map<string, number[]>()
+  const add = (key: string, ms: number) => samples.set(key, [...(samples.get(key) ?? []), ms])
+  for (const side of [filled, fresh]) await addDueCalls(side.db)
+  let phone = 0
+  const createOne = async (url: string) => {
+    const res = await fetch(`${url}/api/v1/calls`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${BENCH_API_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ to: `+96650${String(1_000_000 + phone++).padStart(7, '0')}`, scriptId: 'bench' }),
+    })
+    if (res.status !== 201) throw new Error(`create: ${res.status}`)
   }
-  const timing = { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n: rounds }
-  await sql`delete from calls where script_id = 'bench-claim'`.execute(db)
-  return timing
+  for (let r = 0; r < rounds; r++) {
+    // the first round of each side warms it up and is not counted
+    for (const [name, side] of r % 2 === 0
+      ? ([
+          ['filled', filled],
+          ['fresh', fresh],
+        ] as const)
+      : ([
+          ['fresh', fresh],
+          ['filled', filled],
+        ] as const)) {
+      for (let i = 0; i < perRound; i++) {
+        const t0 = performance.now()
+        await claimAndUndo(side.db)
+        if (r > 0) add(`${name} claim`, performance.now() - t0)
+      }
+      for (let i = 0; i < perRound; i++) {
+        const t0 = performance.now()
+        await createOne(side.serviceUrl)
+        if (r > 0) add(`${name} create`, performance.now() - t0)
+      }
+    }
+  }
+  for (const side of [filled, fresh])
+    await sql`delete from calls where script_id in ('bench-claim', 'bench')`.execute(side.db)
+  const timing = (key: string): Timing => {
+    const ms = samples.get(key) ?? []
+    return { p50: round(percentile(ms, 50), 2), p99: round(percentile(ms, 99), 2), n: ms.length }
+  }
+  return {
+    claim: timing('filled claim'),
+    freshClaim: timing('fresh claim'),
+    create: timing('filled create'),
+    freshCreate: timing('fresh create'),
+  }
+}
+
+/** 3,000 due calls, written as the service writes them (its ids). */
+async function addDueCalls(db: Database) {
+  const calls = Array.from({ length: 3000 }, (_, i) => ({
+    toPhone: `+9665${20_000_001 + i}`,
+    scriptId: 'bench-claim',
+    metadata: {},
+    expiresAt: null,
+    idempotencyKey: null,
+    requestHash: null,
+    campaignId: null,
+    scheduledAt: null,
+    timeZones: null,
+  }))
+  await insertCallsForIds(db, calls, 3_600_000)
+  await sql`analyze calls`.execute(db)
+}
+
+async function claimAndUndo(db: Database) {
+  const claimed = await claimDueCalls(db, 100_000, 30)
+  if (claimed.length !== 30) throw new Error(`claimed ${claimed.length}`)
+  await sql`update calls set status = 'PENDING', attempts = 0, started_at = null
+             where id = any(${claimed.map((c) => c.id)}::uuid[])`.execute(db)
 }

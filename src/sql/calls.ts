@@ -1,7 +1,7 @@
-import { randomUUID } from 'node:crypto'
 import { type Kysely, type RawBuilder, sql } from 'kysely'
 import type { Call, DB } from '../db/database.ts'
 import type { CallStatus } from '../dispatch/call-state.ts'
+import { uuidv7 } from '../ids.ts'
 import { countCalls } from './counts.ts'
 
 // Client-facing statements on calls. Each state change is one statement fenced on the status it leaves (so a call
@@ -79,10 +79,10 @@ export async function insertCallsForIds(
   return input.map((i) => i.id)
 }
 
-// Ids are chosen here, so each input finds its row without relying on the order of RETURNING.
+// Ids are chosen here, so each input finds its row without relying on the order of RETURNING; time-ordered (ids.ts).
 function toInsertRows(calls: readonly NewCall[]) {
   return calls.map((c) => ({
-    id: randomUUID(),
+    id: uuidv7(),
     to_phone: c.toPhone,
     script_id: c.scriptId,
     metadata: c.metadata,
