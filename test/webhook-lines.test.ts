@@ -1,9 +1,10 @@
 import { sql } from 'kysely'
+import pg from 'pg'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createEndpoint, deleteEndpoint } from '../src/notify/endpoints.ts'
-import { leaseDeliveries, relayEvents } from '../src/notify/sql.ts'
+import { type DeliveryJob, leaseDeliveries, recordResults, relayEvents } from '../src/notify/sql.ts'
 import { endAttempts } from '../src/sql/attempts.ts'
-import { phone } from './helpers.ts'
+import { phone, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'
 
 // A line's head that no worker has taken yet gets a second job when a later event of its call arrives, carrying that
@@ -107,4 +108,80 @@ describe('client webhook lines', () => {
     // the final event's copy of the call already carries what the provider reported
     expect(events[2]?.call_snapshot).toMatchObject({ last_result: result })
   })
+
+  // The relay locks the undone deliveries of every line it appends to; a lease and a recorder lock the heads they
+  // change. Each used to lock in its plan's order (the relay: the table's; the lease and the recorder: their batch's),
+  // so a relay holding A's head and waiting for C's (held here by a third transaction, as any statement might) met a
+  // lease or recorder holding B's head and waiting for A's: deadlock, and PostgreSQL failed one of them after 1 s.
+  for (const other of ['lease', 'recorder'] as const) {
+    it(`locks deliveries in one order, so the relay and a ${other} never deadlock`, async () => {
+      await createEndpoint(t.db, { url: 'https://example.com/h', events: null, campaignId: null, description: null })
+      const calls: string[] = []
+      for (let i = 0; i < 3; i++) {
+        const { rows } = await sql<{ id: string }>`
+          insert into calls (to_phone, script_id, expires_at) values (${phone()}, 's', now() + interval '1 hour')
+          returning id`.execute(t.db)
+        calls.push(rows[0]?.id as string)
+      }
+      const heads = (await relay()).jobs
+      const [a, c, b] = heads as [DeliveryJob, DeliveryJob, DeliveryJob]
+      // statistics taken while the table is small, as autovacuum leaves them during a burst: the plans then hash
+      // the table's few rows and walk the batch, in the batch's order
+      await sql`analyze webhook_deliveries`.execute(t.db)
+      // every call moves on, so the next relay appends to all three lines and locks their heads
+      for (const id of calls) {
+        await sql`update calls set status = 'IN_PROGRESS', attempts = 1, started_at = now() where id = ${id}::uuid`.execute(
+          t.db,
+        )
+        await sql`update calls set provider_call_id = ${`p-${id}`} where id = ${id}::uuid`.execute(t.db)
+      }
+      if (other === 'recorder') await leaseDeliveries(t.db, [a, b], 5000)
+
+      const holder = new pg.Client(t.url)
+      await holder.connect()
+      const waiting = async () => {
+        const { rows } = await holder.query<{ n: number }>(
+          `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
+        )
+        return rows[0]?.n ?? 0
+      }
+      try {
+        await holder.query('begin')
+        await holder.query('select 1 from webhook_deliveries where event_id = $1 for update', [c.eventId])
+        const relayed = relay()
+        relayed.catch(() => undefined) // awaited below
+        await waitFor('the relay waiting for the held head', async () => (await waiting()) >= 1)
+        // B's head before A's: the batch's order, which the old statements locked in
+        let settled = false
+        const changed = (
+          other === 'lease'
+            ? leaseDeliveries(t.db, [b, a], 5000)
+            : t.db.transaction().execute((trx) =>
+                recordResults(
+                  trx,
+                  [b, a].map((j) => ({
+                    ...j,
+                    ok: true,
+                    gone: false,
+                    final: false,
+                    httpStatus: 204,
+                    latencyMs: 1,
+                    error: null,
+                    delayMs: 0,
+                  })),
+                  { retryForMs: 86_400_000, disableAfterMs: 86_400_000 },
+                ),
+              )
+        ).finally(() => {
+          settled = true
+        })
+        changed.catch(() => undefined) // awaited below
+        await waitFor(`the ${other} done or waiting`, async () => settled || (await waiting()) >= 2)
+        await holder.query('commit')
+        await expect(Promise.all([relayed, changed])).resolves.toBeDefined()
+      } finally {
+        await holder.end()
+      }
+    })
+  }
 })
