@@ -18,10 +18,11 @@ import type { DB } from '../db/database.ts'
 // Lock order: the relay, the lease and the recorder each lock many deliveries in one statement, and they used to take
 // those row locks in whatever order their plans met the rows; two of them holding one row each and wanting the
 // other's deadlocked (seen in the benchmark: the relay against a recorder, the relay against a lease; PostgreSQL
-// broke each after deadlock_timeout, 1 s, and failed one side). Each of them now locks every row it will change in
-// the deliveries' key order (endpoint_id, event_id) before changing any: the relay and the recorder all of the
-// line's undone deliveries (waiting and queued; the recorder's promotion in its second statement changes only rows
-// it already holds or rows a committed relay inserted), the lease the heads it leases.
+// broke each after deadlock_timeout, 1 s, and failed one side). Each now locks the rows it will change, before
+// changing any, in the order of the line index: (endpoint_id, line_id, sequence). Within a line that puts the head
+// first, which also covers the rows a recorder's second statement promotes: they come after the head it holds in
+// the same line, so a relay that wants them waits at that head first (a relay that committed between the recorder's
+// two statements can have appended them, so the recorder cannot lock them in advance).
 //
 // Plans: these statements find their rows by key (`= any(array(select ...))`), not by a join to the batch. Joined
 // to a jsonb batch (estimated at 100 rows) with the table's statistics a burst behind, the planner hashed every
@@ -82,7 +83,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
          and d.endpoint_id = any(array(select endpoint_id from targets))
          and d.line_id = any(array(select line_id from targets))
          and (d.endpoint_id, d.line_id) in (select endpoint_id, line_id from targets)
-       order by d.endpoint_id, d.event_id -- the lock order (top of this file)
+       order by d.endpoint_id, d.line_id, d.sequence -- the lock order (top of this file)
          for update
     ), ranked as (
       select t.*, row_number() over (partition by t.endpoint_id, t.line_id order by t.sequence) as rn from targets t
@@ -155,7 +156,7 @@ export async function leaseDeliveries(
          and d.state = 'queued'
          -- a head can have two jobs (relayEvents): the second finds it leased and leaves it to the first
          and d.leased_until is null
-       order by d.endpoint_id, d.event_id -- the lock order (top of this file)
+       order by d.endpoint_id, d.line_id, d.sequence -- the lock order (top of this file)
          for update of d
     ), leased as (
       update webhook_deliveries d set leased_until = now() + make_interval(secs => ${leaseMs / 1000}::float8)
@@ -225,20 +226,13 @@ export async function recordResults(
       select * from jsonb_to_recordset(${JSON.stringify(results)}::jsonb) as r(
         "endpointId" uuid, "eventId" uuid, generation int, ok boolean, gone boolean, final boolean,
         "httpStatus" int, "latencyMs" int, error text, "delayMs" float8)
-    ), lines as (
-      select h.endpoint_id, h.line_id
-        from webhook_deliveries h
-       where h.event_id = any(array(select "eventId" from r))
-         and (h.endpoint_id, h.event_id) in (select "endpointId", "eventId" from r)
     ), locked as materialized (
-      -- every undone delivery of the lines recorded, in the lock order (top of this file), before any is changed
+      -- the deliveries recorded, in the lock order (top of this file), before any is changed
       select d.endpoint_id, d.event_id
         from webhook_deliveries d
-       where d.state in ('waiting', 'queued')
-         and d.endpoint_id = any(array(select endpoint_id from lines))
-         and d.line_id = any(array(select line_id from lines))
-         and (d.endpoint_id, d.line_id) in (select endpoint_id, line_id from lines)
-       order by d.endpoint_id, d.event_id
+       where d.event_id = any(array(select "eventId" from r))
+         and (d.endpoint_id, d.event_id) in (select "endpointId", "eventId" from r)
+       order by d.endpoint_id, d.line_id, d.sequence
          for update
     ), updated as (
       update webhook_deliveries d
@@ -257,10 +251,9 @@ export async function recordResults(
              delivered_at    = case when r.ok then now() end,
              updated_at      = now()
         from r
-       where d.event_id = any(array(select "eventId" from r))
-         and d.endpoint_id = r."endpointId" and d.event_id = r."eventId" and d.generation = r.generation
+        join locked l on l.endpoint_id = r."endpointId" and l.event_id = r."eventId"
+       where d.endpoint_id = l.endpoint_id and d.event_id = l.event_id and d.generation = r.generation
          and d.state = 'queued'
-         and (select count(*) from locked) >= 0 -- evaluated once, before the first row is changed
       returning d.endpoint_id, d.event_id, d.line_id, d.state, d.generation, d.sequence, d.attempts, d.next_attempt_at,
                 r.ok, r.gone, r."httpStatus", r."latencyMs", r.error
     ), logged as (
