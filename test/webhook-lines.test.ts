@@ -2,7 +2,7 @@ import { sql } from 'kysely'
 import pg from 'pg'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createEndpoint, deleteEndpoint } from '../src/notify/endpoints.ts'
-import { type DeliveryJob, leaseDeliveries, recordResults, relayEvents } from '../src/notify/sql.ts'
+import { type DeliveryJob, leaseDeliveries, promoteNext, recordResults, relayEvents } from '../src/notify/sql.ts'
 import { endAttempts } from '../src/sql/attempts.ts'
 import { phone, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'
@@ -184,4 +184,85 @@ describe('client webhook lines', () => {
       }
     })
   }
+
+  // A recorder finishes a line's head in one statement and promotes the next delivery in a second; a relay that
+  // committed in between (its append made the recorder's first statement wait) leaves a waiting delivery the
+  // recorder could not lock in advance. The next relay must queue at the head, before that delivery: locking by
+  // event id, it took the waiting delivery first (its id sorts first here) and then waited for the head, while the
+  // recorder's promotion waited for the waiting delivery.
+  it('lets a recorder promote the delivery a relay appended between its two statements while the next relay waits', async () => {
+    await createEndpoint(t.db, { url: 'https://example.com/h', events: null, campaignId: null, description: null })
+    const { rows } = await sql<{ id: string }>`
+      insert into calls (to_phone, script_id, expires_at) values (${phone()}, 's', now() + interval '1 hour')
+      returning id`.execute(t.db)
+    const callId = rows[0]?.id as string
+    const [head] = (await relay()).jobs as [DeliveryJob]
+    await leaseDeliveries(t.db, [head], 5000)
+    await sql`update calls set status = 'IN_PROGRESS', attempts = 1, started_at = now() where id = ${callId}::uuid`.execute(
+      t.db,
+    )
+    await sql`update calls set provider_call_id = 'p-1' where id = ${callId}::uuid`.execute(t.db)
+    // the call.started event's id sorts before the head's
+    await sql`
+      update webhook_events set id = '00000000-0000-4000-8000-000000000001'
+       where call_id = ${callId}::uuid and type = 'call.started'`.execute(t.db)
+
+    const gate = () => {
+      let open = () => {}
+      const opened = new Promise<void>((r) => {
+        open = r
+      })
+      return { open, opened }
+    }
+    const holder = new pg.Client(t.url)
+    await holder.connect()
+    const waiting = async () => {
+      const { rows } = await holder.query<{ n: number }>(
+        `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
+      )
+      return rows[0]?.n ?? 0
+    }
+    try {
+      // relay 1 appends call.started behind the head and holds its transaction open
+      const relay1Done = gate()
+      const relay1Appended = gate()
+      const relay1 = t.db.transaction().execute(async (trx) => {
+        await relayEvents(trx, 1000)
+        relay1Appended.open()
+        await relay1Done.opened
+      })
+      await relay1Appended.opened
+      // the recorder's first statement waits for relay 1 (it holds the head)
+      const recorded = gate()
+      const promote = gate()
+      const recorder = t.db.transaction().execute(async (trx) => {
+        const r = await recordResults(
+          trx,
+          [{ ...head, ok: true, gone: false, final: false, httpStatus: 204, latencyMs: 1, error: null, delayMs: 0 }],
+          { retryForMs: 86_400_000, disableAfterMs: 86_400_000 },
+        )
+        recorded.open()
+        await promote.opened
+        return promoteNext(
+          trx,
+          r.recorded.map((x) => ({ endpointId: x.endpoint_id, lineId: x.line_id })),
+        )
+      })
+      recorder.catch(() => undefined) // awaited below
+      await waitFor('the recorder waiting for relay 1', async () => (await waiting()) >= 1)
+      relay1Done.open()
+      await relay1
+      await recorded.opened
+      // the call ends: relay 2 appends call.completed to the same line
+      await sql`update calls set status = 'COMPLETED', ended_at = now() where id = ${callId}::uuid`.execute(t.db)
+      const relay2 = relay()
+      relay2.catch(() => undefined) // awaited below
+      await waitFor('relay 2 waiting for the recorder', async () => (await waiting()) >= 1)
+      promote.open()
+      const [promoted] = await Promise.all([recorder, relay2])
+      expect(promoted).toEqual([expect.objectContaining({ eventId: '00000000-0000-4000-8000-000000000001' })])
+    } finally {
+      await holder.end()
+    }
+  })
 })
