@@ -7,7 +7,6 @@ import { coalesce } from '../db/coalesce.ts'
 import type { DB } from '../db/database.ts'
 import { eventBody } from './payload.ts'
 import { retryDelayMs } from './retry.ts'
-import { sendQueue } from './send-queue.ts'
 import { createSender, type SendOutcome } from './sender.ts'
 import { signDelivery } from './signing.ts'
 import {
@@ -63,7 +62,7 @@ interface JobData {
  * (a batch of 1,000 calls) would otherwise hold up the call.started and final events of calls already ringing, each
  * of which waits in its line for the one before it (measured: final-event p99 of 2-4 s behind a batch of 1,500).
  */
-const priorityOf = (sequence: number | null) => Math.min(sequence ?? 1, 100)
+const priorityOf = (j: DeliveryJob) => Math.min(j.sequence, 100)
 
 export function publisher(boss: PgBoss) {
   return async (trx: Kysely<DB>, jobs: readonly DeliveryJob[]) => {
@@ -72,7 +71,7 @@ export function publisher(boss: PgBoss) {
       DELIVERY_QUEUE,
       jobs.map((j) => ({
         data: { endpointId: j.endpointId, eventId: j.eventId, generation: j.generation } satisfies JobData,
-        priority: priorityOf(j.sequence),
+        priority: priorityOf(j),
         ...(j.startAfter ? { startAfter: new Date(j.startAfter) } : {}),
       })),
       { db: fromKysely(trx) },
@@ -214,29 +213,17 @@ export async function startNotifier(o: {
   }
 
   // A job ends once its delivery is leased: from then on the lease, not pg-boss, keeps the delivery safe (a lapsed
-  // lease is republished), so sends run beside the workers, at most WEBHOOK_DELIVERY_CONCURRENCY at a time. A handler
-  // leases its jobs at once, hands them to the send queue (later events of a call first, send-queue.ts) and returns
-  // for more once fewer than a batch wait there. pg-boss wakes every worker of a queue on each NOTIFY: with 20 workers
-  // of one job each, every published job cost 20 fetches, and the pipeline managed about 100 deliveries/s on this
-  // machine; WORKERS workers taking batches keep the fetches few.
-  const batchSize = Math.max(1, Math.ceil(config.concurrency / WORKERS))
-  // A delivery that waited so long for a slot that its lease could lapse during the request is left to the lease
-  // sweep (republished, sent again later): sending it would risk two workers sending it at once.
-  const maxQueuedMs = Math.max(0, leaseMs - config.timeoutMs - 1000)
-  const outbox = sendQueue<{ d: LeasedDelivery; leasedAt: number }>(config.concurrency, async ({ d, leasedAt }) => {
-    if (performance.now() - leasedAt > maxQueuedMs) {
-      log.warn({ eventId: d.event_id }, 'client webhook delivery waited past its lease; left to the lease sweep')
-      return
-    }
-    await deliver(d).catch((err) =>
-      log.error({ err: sanitized(err), eventId: d.event_id }, 'client webhook delivery failed'),
-    )
-  })
+  // lease is republished), so sends run beside the workers, at most WEBHOOK_DELIVERY_CONCURRENCY at a time, and a
+  // handler waits for free sending slots before it takes its jobs' leases. pg-boss wakes every worker of a queue on
+  // each NOTIFY: with 20 workers of one job each, every published job cost 20 fetches, and the pipeline managed about
+  // 100 deliveries/s on this machine; WORKERS workers taking batches keep the fetches few.
+  const slots = semaphore(config.concurrency)
+  const sends = new Set<Promise<void>>()
   await createDeliveryQueue(boss, config)
   workId = await boss.work<JobData>(
     DELIVERY_QUEUE,
     {
-      batchSize,
+      batchSize: Math.max(1, Math.ceil(config.concurrency / WORKERS)),
       localConcurrency: WORKERS,
       pollingIntervalSeconds: 0.5,
       notifyPollingIntervalSeconds: POLL_SECONDS,
@@ -246,17 +233,29 @@ export async function startNotifier(o: {
       burstWhenBatchFull: true,
     },
     async (jobs: Job<JobData>[]) => {
+      await slots.acquire(jobs.length)
       let leased: (LeasedDelivery | undefined)[]
       try {
         leased = await Promise.all(jobs.map((j) => lease(j.data)))
       } catch (err) {
+        slots.release(jobs.length)
         // pg-boss keeps a failed job's error as its output, and PostgreSQL's detail can quote a whole
         // webhook_endpoints row, secret included: only the code and message leave this handler.
         throw sanitized(err)
       }
-      const leasedAt = performance.now()
-      for (const d of leased) if (d) outbox.push({ d, leasedAt }, priorityOf(d.sequence))
-      await outbox.room(batchSize)
+      for (const d of leased) {
+        if (!d) {
+          slots.release(1)
+          continue
+        }
+        const p: Promise<void> = deliver(d)
+          .catch((err) => log.error({ err: sanitized(err), eventId: d.event_id }, 'client webhook delivery failed'))
+          .finally(() => {
+            slots.release(1)
+            sends.delete(p)
+          })
+        sends.add(p)
+      }
     },
   )
 
@@ -353,8 +352,37 @@ export async function startNotifier(o: {
       await loopDone
       await listener?.end().catch(() => {})
       await boss.offWork(DELIVERY_QUEUE, { wait: true })
-      await outbox.idle()
+      await Promise.allSettled([...sends]).catch(() => {})
       await sender.close()
+    },
+  }
+}
+
+/** Counting semaphore: acquire(n) resolves once n permits are free (FIFO, so a large batch is not starved). */
+function semaphore(capacity: number) {
+  let free = capacity
+  const waiting: { n: number; resolve: () => void }[] = []
+  const pump = () => {
+    while (waiting.length > 0 && (waiting[0] as { n: number }).n <= free) {
+      const w = waiting.shift() as { n: number; resolve: () => void }
+      free -= w.n
+      w.resolve()
+    }
+  }
+  return {
+    acquire(n: number) {
+      const want = Math.min(n, capacity)
+      return new Promise<void>((resolve) => {
+        waiting.push({ n: want, resolve })
+        pump()
+      }).then(() => {
+        // a batch larger than the capacity takes all of it and gives the excess back as it finishes
+        free -= n - want
+      })
+    },
+    release(n: number) {
+      free += n
+      pump()
     },
   }
 }
