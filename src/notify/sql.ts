@@ -14,6 +14,19 @@ import type { DB } from '../db/database.ts'
 //   sees everything committed meanwhile, promotes the line's next 'waiting' delivery (promoteNext).
 // Every job carries the delivery's generation; a job whose generation is no longer the delivery's (a lease that
 // lapsed and was published again, a redelivery) finds no row and does nothing, so duplicates of a job are harmless.
+//
+// Lock order: the relay, the lease and the recorder each lock many deliveries in one statement, and they used to take
+// those row locks in whatever order their plans met the rows; two of them holding one row each and wanting the
+// other's deadlocked (seen in the benchmark: the relay against a recorder, the relay against a lease; PostgreSQL
+// broke each after deadlock_timeout, 1 s, and failed one side). Each now locks the rows it will change, before
+// changing any, in the order of the line index: (endpoint_id, line_id, sequence). Within a line that puts the head
+// first, which also covers the rows a recorder's second statement promotes: they come after the head it holds in
+// the same line, so a relay that wants them waits at that head first (a relay that committed between the recorder's
+// two statements can have appended them, so the recorder cannot lock them in advance).
+//
+// Plans: these statements find their rows by key (`= any(array(select ...))`), not by a join to the batch. Joined
+// to a jsonb batch (estimated at 100 rows) with the table's statistics a burst behind, the planner hashed every
+// undone delivery for each statement (about 1,000 rows read to change 10, in the benchmark's burst).
 
 /** Key ('CALL', 2) in pg_advisory_xact_lock's two-integer space; ('CALL', 1) is the dispatch lock. */
 const RELAY_LOCK = sql`1128352844, 2`
@@ -53,7 +66,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
        limit ${limit}::int
          for update skip locked
     ), published as (
-      update webhook_events e set published = true from batch b where e.id = b.id returning e.id
+      update webhook_events e set published = true where e.id = any(array(select id from batch)) returning e.id
     ), targets as (
       -- a call's events form its line; a campaign's own events (call_id null) form the campaign's (migration 0050)
       select b.id as event_id, coalesce(b.call_id, b.campaign_id) as line_id, b.sequence, b.created_at,
@@ -67,7 +80,10 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
       select d.endpoint_id, d.line_id, d.event_id, d.generation, d.state, d.leased_until, d.next_attempt_at
         from webhook_deliveries d
        where d.state in ('waiting', 'queued')
+         and d.endpoint_id = any(array(select endpoint_id from targets))
+         and d.line_id = any(array(select line_id from targets))
          and (d.endpoint_id, d.line_id) in (select endpoint_id, line_id from targets)
+       order by d.endpoint_id, d.line_id, d.sequence -- the lock order (top of this file)
          for update
     ), ranked as (
       select t.*, row_number() over (partition by t.endpoint_id, t.line_id order by t.sequence) as rn from targets t
@@ -132,13 +148,20 @@ export async function leaseDeliveries(
     with job as (
       select * from jsonb_to_recordset(${JSON.stringify(jobs)}::jsonb)
         as j("endpointId" uuid, "eventId" uuid, generation int)
-    ), leased as (
-      update webhook_deliveries d set leased_until = now() + make_interval(secs => ${leaseMs / 1000}::float8)
-        from job j
-       where d.endpoint_id = j."endpointId" and d.event_id = j."eventId" and d.generation = j.generation
+    ), target as materialized (
+      select d.endpoint_id, d.event_id
+        from webhook_deliveries d
+        join job j on j."endpointId" = d.endpoint_id and j."eventId" = d.event_id and j.generation = d.generation
+       where d.event_id = any(array(select "eventId" from job))
          and d.state = 'queued'
          -- a head can have two jobs (relayEvents): the second finds it leased and leaves it to the first
          and d.leased_until is null
+       order by d.endpoint_id, d.line_id, d.sequence -- the lock order (top of this file)
+         for update of d
+    ), leased as (
+      update webhook_deliveries d set leased_until = now() + make_interval(secs => ${leaseMs / 1000}::float8)
+        from target t
+       where d.endpoint_id = t.endpoint_id and d.event_id = t.event_id
       returning d.endpoint_id, d.event_id, d.generation, d.attempts
     )
     select l.endpoint_id, l.event_id, l.generation, l.attempts,
@@ -203,6 +226,14 @@ export async function recordResults(
       select * from jsonb_to_recordset(${JSON.stringify(results)}::jsonb) as r(
         "endpointId" uuid, "eventId" uuid, generation int, ok boolean, gone boolean, final boolean,
         "httpStatus" int, "latencyMs" int, error text, "delayMs" float8)
+    ), locked as materialized (
+      -- the deliveries recorded, in the lock order (top of this file), before any is changed
+      select d.endpoint_id, d.event_id
+        from webhook_deliveries d
+       where d.event_id = any(array(select "eventId" from r))
+         and (d.endpoint_id, d.event_id) in (select "endpointId", "eventId" from r)
+       order by d.endpoint_id, d.line_id, d.sequence
+         for update
     ), updated as (
       update webhook_deliveries d
          set attempts        = d.attempts + 1,
@@ -220,7 +251,8 @@ export async function recordResults(
              delivered_at    = case when r.ok then now() end,
              updated_at      = now()
         from r
-       where d.endpoint_id = r."endpointId" and d.event_id = r."eventId" and d.generation = r.generation
+        join locked l on l.endpoint_id = r."endpointId" and l.event_id = r."eventId"
+       where d.endpoint_id = l.endpoint_id and d.event_id = l.event_id and d.generation = r.generation
          and d.state = 'queued'
       returning d.endpoint_id, d.event_id, d.line_id, d.state, d.generation, d.sequence, d.attempts, d.next_attempt_at,
                 r.ok, r.gone, r."httpStatus", r."latencyMs", r.error
@@ -291,12 +323,15 @@ export async function promoteNext(
         from webhook_deliveries d
         join line l on l."endpointId" = d.endpoint_id and l."lineId" = d.line_id
        where d.state in ('waiting', 'queued')
+         and d.endpoint_id = any(array(select "endpointId" from line))
+         and d.line_id = any(array(select "lineId" from line))
        order by d.endpoint_id, d.line_id, d.sequence
     )
     update webhook_deliveries d
        set state = 'queued', generation = d.generation + 1, next_attempt_at = now(), updated_at = now()
       from head h
-     where d.endpoint_id = h.endpoint_id and d.event_id = h.event_id and h.state = 'waiting' and d.state = 'waiting'
+     where d.event_id = any(array(select event_id from head where state = 'waiting'))
+       and d.endpoint_id = h.endpoint_id and d.event_id = h.event_id and h.state = 'waiting' and d.state = 'waiting'
        and not exists (select 1 from webhook_deliveries q
                         where q.endpoint_id = d.endpoint_id and q.line_id = d.line_id and q.state = 'queued')
        and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
