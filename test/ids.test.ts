@@ -4,6 +4,7 @@ import { uuidv7 } from '../src/ids.ts'
 import { insertCallsForIds } from '../src/sql/calls.ts'
 import { phone } from './helpers.ts'
 import { useTestDb } from './kit.ts'
+import { plainCall } from './seed.ts'
 
 describe('uuidv7', () => {
   it('is a version 7, variant 10 UUID carrying its millisecond', () => {
@@ -23,17 +24,7 @@ describe('uuidv7', () => {
 describe('call ids', () => {
   const t = useTestDb()
 
-  const call = (n: number) => ({
-    toPhone: phone(n),
-    scriptId: 's',
-    metadata: {},
-    expiresAt: null,
-    idempotencyKey: null,
-    requestHash: null,
-    campaignId: null,
-    scheduledAt: null,
-    timeZones: null,
-  })
+  const call = (n: number) => plainCall(phone(n))
 
   it('are time-ordered, so a new call keys onto the right edge of calls_pkey and call_events_by_call', async () => {
     const first = await insertCallsForIds(t.db, [call(1)], 3_600_000)

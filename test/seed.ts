@@ -4,6 +4,19 @@ import { insertCalls } from '../src/sql/calls.ts'
 import type { TestDb } from './db.ts'
 import { phone } from './helpers.ts'
 
+/** The input sql/calls.ts takes for a plain call (no campaign, schedule or idempotency key) to `to`. */
+export const plainCall = (to: string = phone()) => ({
+  toPhone: to,
+  scriptId: 's',
+  metadata: {},
+  expiresAt: null,
+  idempotencyKey: null,
+  requestHash: null,
+  campaignId: null,
+  scheduledAt: null,
+  timeZones: null,
+})
+
 /**
  * A call created through sql/calls.ts, then put straight into `status` (test set-up only: the service never writes
  * like this). ageSec moves its creation, next attempt and start that far into the past.
@@ -13,23 +26,7 @@ export async function callIn(
   status: CallStatus,
   o: { to?: string; attempts?: number; ageSec?: number; expiresInSec?: number } = {},
 ): Promise<string> {
-  const [created] = await insertCalls(
-    t.db,
-    [
-      {
-        toPhone: o.to ?? phone(),
-        scriptId: 's',
-        metadata: {},
-        expiresAt: null,
-        idempotencyKey: null,
-        requestHash: null,
-        campaignId: null,
-        scheduledAt: null,
-        timeZones: null,
-      },
-    ],
-    3600_000,
-  )
+  const [created] = await insertCalls(t.db, [plainCall(o.to)], 3600_000)
   const id = created?.call.id as string
   const ago = `${o.ageSec ?? 0} seconds`
   await sql`
