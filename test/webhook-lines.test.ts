@@ -185,6 +185,43 @@ describe('client webhook lines', () => {
     })
   }
 
+  // A recorder locks its deliveries, then writes the endpoint's health (src/notify/sql.ts recordResults). An endpoint's
+  // delete cascades to its deliveries: locking the endpoint row first, it waited for the recorder's delivery while the
+  // recorder's endpoint update waited for it, a deadlock PostgreSQL broke after a second.
+  it('deletes an endpoint without a deadlock against a recorder holding one of its deliveries', async () => {
+    const { endpoint } = await createEndpoint(t.db, {
+      url: 'https://example.com/h',
+      events: null,
+      campaignId: null,
+      description: null,
+    })
+    await sql`insert into calls (to_phone, script_id, expires_at) values (${phone()}, 's', now() + interval '1 hour')`.execute(
+      t.db,
+    )
+    const [head] = (await relay()).jobs as [DeliveryJob]
+    const recorder = new pg.Client(t.url)
+    await recorder.connect()
+    try {
+      await recorder.query('begin')
+      await recorder.query('select 1 from webhook_deliveries where event_id = $1 for update', [head.eventId])
+      const deleted = deleteEndpoint(t.db, endpoint.id)
+      deleted.catch(() => undefined) // awaited below
+      await waitFor('the delete waiting for the held delivery', async () => {
+        const { rows } = await recorder.query<{ n: number }>(
+          `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
+        )
+        return (rows[0]?.n ?? 0) >= 1
+      })
+      // the recorder's second step: with the endpoint row locked by the delete it would wait (and deadlock)
+      await recorder.query(`set local lock_timeout = '500ms'`)
+      await recorder.query('update webhook_endpoints set last_success_at = now() where id = $1', [endpoint.id])
+      await recorder.query('commit')
+      await expect(deleted).resolves.toBe(true)
+    } finally {
+      await recorder.end()
+    }
+  })
+
   // A recorder finishes a line's head in one statement and promotes the next delivery in a second; a relay that
   // committed in between (its append made the recorder's first statement wait) leaves a waiting delivery the
   // recorder could not lock in advance. The next relay must queue at the head, before that delivery: locking by

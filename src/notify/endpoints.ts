@@ -105,14 +105,23 @@ export async function updateEndpoint(db: Kysely<DB>, id: string, p: EndpointPatc
 }
 
 /**
- * The delete cascades to deliveries, which delivery workers lock first and the endpoint row second; the delete
- * locks in the other order, so PostgreSQL may pick it as a deadlock victim (40P01): it is tried again.
+ * The delete cascades to deliveries. A recorder locks its deliveries first (in the line order, src/notify/sql.ts) and
+ * the endpoint row second, so the delete does the same: the endpoint's deliveries in that order, then the row. Alone,
+ * the delete locked the row first and met each recorder of that endpoint in a deadlock (seen in the benchmark's
+ * clean-up; PostgreSQL broke it after deadlock_timeout, 1 s, failing one side). Deliveries a relay adds meanwhile
+ * can still close a cycle; the delete, if chosen as the victim (40P01), is tried again.
  */
 export async function deleteEndpoint(db: Kysely<DB>, id: string): Promise<boolean> {
   for (let attempt = 1; ; attempt++) {
     try {
-      const r = await db.deleteFrom('webhook_endpoints').where('id', '=', id).executeTakeFirst()
-      return r.numDeletedRows > 0n
+      return await db.transaction().execute(async (trx) => {
+        await sql`
+          select 1 from webhook_deliveries where endpoint_id = ${id}::uuid
+           order by endpoint_id, line_id, sequence
+             for update`.execute(trx)
+        const r = await trx.deleteFrom('webhook_endpoints').where('id', '=', id).executeTakeFirst()
+        return r.numDeletedRows > 0n
+      })
     } catch (err) {
       if ((err as { code?: string }).code !== '40P01' || attempt >= 5) throw err
     }
