@@ -62,8 +62,12 @@ describe('instances with different MAX_CONCURRENT_CALLS on one database', () => 
     const second = await start('50')
     try {
       const warnings = lines.map((l) => JSON.parse(l)).filter((l) => /MAX_CONCURRENT_CALLS differs/.test(l.msg))
-      expect(warnings).toHaveLength(1)
-      expect(warnings[0]).toMatchObject({ level: 40, ours: 50, previous: 30 })
+      // the second instance at its start; the first one's sweep, which runs beside its claims, may also have read
+      // the second's setting already, and says so from its side
+      const atStart = warnings.filter((w) => 'previous' in w)
+      expect(atStart).toHaveLength(1)
+      expect(atStart[0]).toMatchObject({ level: 40, ours: 50, previous: 30 })
+      for (const w of warnings.filter((w) => !('previous' in w))) expect(w).toMatchObject({ ours: 30, saved: 50 })
     } finally {
       await second.stop()
       await first.stop()
