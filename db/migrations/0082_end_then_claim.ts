@@ -111,7 +111,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     $$
   `.execute(db)
   await sql`comment on function end_attempts(jsonb) is ${sql.lit(
-    'Ends attempts from a batch of reports (src/sql/attempts.ts builds them), fenced on IN_PROGRESS and the attempt number, with a history row per report; returns per report what became of it. Not for hand use: use cancel_call() or the API.',
+    'Ends attempts from a batch of reports (src/sql/attempts.ts builds them), fenced on IN_PROGRESS and the attempt number, with a history row per report; returns per report what became of it. Not for hand use: the service calls it with the reports of the provider (an operator cancels calls with cancel_pending_calls() or the API).',
   )}`.execute(db)
 
   await sql`
