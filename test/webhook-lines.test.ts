@@ -16,6 +16,14 @@ afterEach(async () => {
   for (const { id } of await t.db.selectFrom('webhook_endpoints').select('id').execute()) await deleteEndpoint(t.db, id)
 })
 
+/** Transactions waiting for another's row lock (a transaction id lock not yet granted), seen from `client`. */
+async function waitersOnRows(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ n: number }>(
+    `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
+  )
+  return rows[0]?.n ?? 0
+}
+
 async function relay() {
   return t.db.transaction().execute((trx) => relayEvents(trx, 1000))
 }
@@ -139,12 +147,7 @@ describe('client webhook lines', () => {
 
       const holder = new pg.Client(t.url)
       await holder.connect()
-      const waiting = async () => {
-        const { rows } = await holder.query<{ n: number }>(
-          `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
-        )
-        return rows[0]?.n ?? 0
-      }
+      const waiting = () => waitersOnRows(holder)
       try {
         await holder.query('begin')
         await holder.query('select 1 from webhook_deliveries where event_id = $1 for update', [c.eventId])
@@ -206,12 +209,7 @@ describe('client webhook lines', () => {
       await recorder.query('select 1 from webhook_deliveries where event_id = $1 for update', [head.eventId])
       const deleted = deleteEndpoint(t.db, endpoint.id)
       deleted.catch(() => undefined) // awaited below
-      await waitFor('the delete waiting for the held delivery', async () => {
-        const { rows } = await recorder.query<{ n: number }>(
-          `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
-        )
-        return (rows[0]?.n ?? 0) >= 1
-      })
+      await waitFor('the delete waiting for the held delivery', async () => (await waitersOnRows(recorder)) >= 1)
       // the recorder's second step: with the endpoint row locked by the delete it would wait (and deadlock)
       await recorder.query(`set local lock_timeout = '500ms'`)
       await recorder.query('update webhook_endpoints set last_success_at = now() where id = $1', [endpoint.id])
@@ -253,12 +251,7 @@ describe('client webhook lines', () => {
     }
     const holder = new pg.Client(t.url)
     await holder.connect()
-    const waiting = async () => {
-      const { rows } = await holder.query<{ n: number }>(
-        `select count(*)::int as n from pg_locks where locktype = 'transactionid' and not granted`,
-      )
-      return rows[0]?.n ?? 0
-    }
+    const waiting = () => waitersOnRows(holder)
     try {
       // relay 1 appends call.started behind the head and holds its transaction open
       const relay1Done = gate()
