@@ -1,9 +1,16 @@
 import { sql } from 'kysely'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { freePort } from '../src/db/embedded.ts'
+import { createDispatcher } from '../src/dispatch/dispatcher.ts'
+import { createRecorder } from '../src/dispatch/recorder.ts'
+import { createWakeup } from '../src/dispatch/wakeup.ts'
+import { createCallProvider } from '../src/providers/index.ts'
 import { sign, webhookUrlToken } from '../src/providers/signature.ts'
-import { phone, waitFor } from './helpers.ts'
+import { startSimulator } from '../src/providers/simulator.ts'
+import { insertCalls } from '../src/sql/calls.ts'
+import { log, phone, testConfig, waitFor } from './helpers.ts'
 import { useTestDb } from './kit.ts'
+import { plainCall } from './seed.ts'
 import { dialsPerCall, resetTables, type Stack, startStack } from './stack.ts'
 
 const t = useTestDb()
@@ -73,6 +80,48 @@ describe('the global cap and one call per phone', () => {
     expect(rows[0]?.config).toEqual(
       expect.arrayContaining(['enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'jit=off']),
     )
+  })
+})
+
+describe('the dispatch loop', () => {
+  it('claims again as soon as a dial finishes when the last pass had no room to dial', async () => {
+    // Two dials in flight at most, ten free slots, and a poll interval longer than the test: once the first two dials
+    // are out, only the end of one of them can start the next claim (before the fix the rest waited for the poll).
+    const sim = await startSimulator({ callDurationMs: 600_000 })
+    const config = testConfig({ DATABASE_URL: t.url, AI_CALL_API_URL: sim.url })
+    const wakeup = createWakeup(undefined, undefined)
+    const recorder = createRecorder({ db: t.db, wakeup, log, patienceMs: 5000 })
+    const dispatcher = createDispatcher({
+      db: t.db,
+      provider: createCallProvider(config, sim.url),
+      recorder,
+      log,
+      policy: config.dispatch,
+      maxConcurrentCalls: 10,
+      callTimeoutMs: 600_000,
+      sweepIntervalMs: 600_000,
+      webhookUrl: () => 'http://127.0.0.1:9/unused',
+      maxInFlightDials: 2,
+      pollMs: 600_000,
+    })
+    try {
+      await insertCalls(
+        t.db,
+        Array.from({ length: 10 }, (_, i) => plainCall(phone(900 + i))),
+        3600_000,
+      )
+      dispatcher.start()
+      await waitFor('ten calls accepted by the provider', () => sim.stats().accepted === 10 || undefined)
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from calls where status = 'IN_PROGRESS' and provider_call_id is not null
+      `.execute(t.db)
+      expect(rows[0]?.n).toBe(10)
+      expect(sim.stats().maxActive).toBe(10)
+    } finally {
+      await dispatcher.stop()
+      recorder.close()
+      await sim.close()
+    }
   })
 })
 

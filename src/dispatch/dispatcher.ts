@@ -55,6 +55,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   let running = false
   let loopDone: Promise<void> | undefined
   let wanted = false // a notify() arrived while a pass was running: run another right away
+  let starved = false // the last pass had no room for dials: the next dial to finish starts one
   let wake: (() => void) | undefined
   let lastSweep = 0
   let lastSettingsCheck = 0
@@ -116,6 +117,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
     sweepWhenDue()
     if (performance.now() < pausedUntil) return false
     const asked = maxInFlight - inFlight.size
+    starved = asked <= 0
     const calls = await claimDueCalls(o.db, o.maxConcurrentCalls, asked)
     dialAll(calls)
     return asked > 0 && calls.length === asked
@@ -124,7 +126,15 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   /** Dials claimed calls, whoever claimed them: this loop, or the recorder in the statement that freed their slots. */
   function dialAll(calls: Call[]) {
     for (const call of calls) {
-      const p = dialAndRecord(call).finally(() => inFlight.delete(p))
+      const p = dialAndRecord(call).finally(() => {
+        inFlight.delete(p)
+        // Free slots wait for room to dial them (a ramp to a cap above maxInFlight, a burst of ends): nothing else
+        // wakes the loop then, and it waited for the poll (measured: a ramp to 1,000 calls took 1.8 s).
+        if (starved) {
+          starved = false
+          notify()
+        }
+      })
       inFlight.add(p)
     }
   }
