@@ -290,7 +290,7 @@ describe('client webhook lines', () => {
       await waitFor('relay 2 waiting for the recorder', async () => (await waiting()) >= 1)
       promote.open()
       const [promoted] = await Promise.all([recorder, relay2])
-      expect(promoted).toEqual([expect.objectContaining({ eventId: '00000000-0000-4000-8000-000000000001' })])
+      expect(promoted).toEqual([expect.objectContaining({ event_id: '00000000-0000-4000-8000-000000000001' })])
     } finally {
       await holder.end()
     }

@@ -149,6 +149,32 @@ describe('client webhooks', () => {
     expect((await s.api('GET', `/api/v1/webhook-endpoints/${ep.id}`)).body.data.failingSince).toBeNull()
   })
 
+  it("sends a line's next events from the sending slot that delivered the one before, without a job", async () => {
+    // call.created fails until the call has ended, so call.started and call.completed wait behind it in the line;
+    // once it goes through, the two follow it from the same send (src/notify/delivery.ts, chaining), not as jobs
+    let ended = false
+    const r = await receiver((x) => (x.json.type === 'call.created' && !ended ? 500 : 200))
+    await endpoint({ url: r.url })
+    await s.createCalls(1, () => phone(3100))
+    await s.waitAllFinal()
+    await waitFor('call.started and call.completed waiting in the line', async () => {
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from webhook_deliveries where state = 'waiting'`.execute(t.db)
+      return rows[0]?.n === 2
+    })
+    ended = true
+    await waitForAllAcknowledged(r)
+    expectOrderedPerCall(r.received)
+    expect(r.acknowledged().map((x) => x.json.type)).toEqual(['call.created', 'call.started', 'call.completed'])
+    const { rows } = await sql<{ type: string; jobs: number }>`
+      select e.type, (select count(*)::int from pgboss.job j
+                       where j.name = 'client-webhook' and j.data ->> 'eventId' = e.id::text) as jobs
+        from webhook_events e order by e.sequence`.execute(t.db)
+    expect(rows.map((x) => x.type)).toEqual(['call.created', 'call.started', 'call.completed'])
+    expect(rows[0]?.jobs).toBeGreaterThan(1) // the first attempt and its retries
+    expect(rows.slice(1).map((x) => x.jobs)).toEqual([0, 0])
+  })
+
   it('honours Retry-After on 503', async () => {
     const r = await receiver((_x, n) => (n === 0 ? { status: 503, headers: { 'retry-after': '1' } } : 200))
     await endpoint({ url: r.url, events: ['call.created'] })

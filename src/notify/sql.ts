@@ -2,7 +2,8 @@ import { type Kysely, sql } from 'kysely'
 import type { DB } from '../db/database.ts'
 
 // The statements behind client webhook delivery. Deliveries of one (endpoint, call) form a line, delivered in
-// sequence: only the line's first undone delivery is 'queued' (has a pg-boss job), later ones are 'waiting'.
+// sequence: only the line's first undone delivery is 'queued' (has a pg-boss job, or is leased to the process that
+// delivered the one before it: promoteNext with a lease), later ones are 'waiting'.
 //
 // Two writers meet on a line, and each must publish the next head exactly when the other does not:
 // - the relay (one at a time, under the advisory lock RELAY_LOCK) appends deliveries; it makes the first new one of
@@ -119,6 +120,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
 export interface LeasedDelivery {
   endpoint_id: string
   event_id: string
+  line_id: string
   generation: number
   attempts: number
   type: string
@@ -133,6 +135,32 @@ export interface LeasedDelivery {
   enabled: boolean
   secrets: string[]
 }
+
+/**
+ * What a worker needs to send the deliveries of the CTE `from` (endpoint_id, event_id, line_id, generation, attempts):
+ * the event and the endpoint, with its signing secrets.
+ */
+const sendable = (from: string) => sql`
+    select l.endpoint_id, l.event_id, l.line_id, l.generation, l.attempts,
+           e.type, e.call_id, e.sequence, e.attempt as call_attempt, e.outcome, e.call_snapshot, e.detail,
+           e.created_at as event_created_at, ep.url, ep.enabled,
+           array_remove(array[ep.secret,
+                              case when ep.previous_secret_expires_at > now() then ep.previous_secret end], null)
+             as secrets
+      from ${sql.table(from)} l
+      join webhook_events e on e.id = l.event_id
+      join webhook_endpoints ep on ep.id = l.endpoint_id`
+
+/** The job that sends a delivery (a head of its line). */
+export const jobOf = (
+  d: Pick<LeasedDelivery, 'endpoint_id' | 'event_id' | 'generation'> & { sequence: number | null },
+) =>
+  ({
+    endpointId: d.endpoint_id,
+    eventId: d.event_id,
+    generation: d.generation,
+    sequence: d.sequence ?? 1,
+  }) satisfies DeliveryJob
 
 /**
  * Leases the deliveries the jobs name, for `leaseMs`: the jobs whose generation is still current and whose delivery
@@ -162,17 +190,9 @@ export async function leaseDeliveries(
       update webhook_deliveries d set leased_until = now() + make_interval(secs => ${leaseMs / 1000}::float8)
         from target t
        where d.endpoint_id = t.endpoint_id and d.event_id = t.event_id
-      returning d.endpoint_id, d.event_id, d.generation, d.attempts
+      returning d.endpoint_id, d.event_id, d.line_id, d.generation, d.attempts
     )
-    select l.endpoint_id, l.event_id, l.generation, l.attempts,
-           e.type, e.call_id, e.sequence, e.attempt as call_attempt, e.outcome, e.call_snapshot, e.detail,
-           e.created_at as event_created_at, ep.url, ep.enabled,
-           array_remove(array[ep.secret,
-                              case when ep.previous_secret_expires_at > now() then ep.previous_secret end], null)
-             as secrets
-      from leased l
-      join webhook_events e on e.id = l.event_id
-      join webhook_endpoints ep on ep.id = l.endpoint_id
+    ${sendable('leased')}
   `.execute(db)
   return rows
 }
@@ -309,13 +329,18 @@ export async function recordResults(
 /**
  * For each line given, the next delivery becomes the head: the first waiting one, when the line has no queued one
  * and its endpoint is enabled. Run after the statement that finished the old heads, in the same transaction.
+ * With `leaseMs` the new heads are leased to the caller, which sends them itself (no job: a lease that lapses is
+ * published by sweepLapsedLeases); without it the caller publishes their jobs (jobOf).
  */
 export async function promoteNext(
   trx: Kysely<DB>,
   lines: readonly { endpointId: string; lineId: string }[],
-): Promise<DeliveryJob[]> {
+  leaseMs?: number,
+): Promise<LeasedDelivery[]> {
   if (lines.length === 0) return []
-  const { rows } = await sql<DeliveryJob>`
+  const leasedUntil =
+    leaseMs === undefined ? sql`null::timestamptz` : sql`now() + make_interval(secs => ${leaseMs / 1000}::float8)`
+  const { rows } = await sql<LeasedDelivery>`
     with line as (
       select distinct * from jsonb_to_recordset(${JSON.stringify(lines)}::jsonb) as l("endpointId" uuid, "lineId" uuid)
     ), head as (
@@ -326,16 +351,19 @@ export async function promoteNext(
          and d.endpoint_id = any(array(select "endpointId" from line))
          and d.line_id = any(array(select "lineId" from line))
        order by d.endpoint_id, d.line_id, d.sequence
+    ), promoted as (
+      update webhook_deliveries d
+         set state = 'queued', generation = d.generation + 1, next_attempt_at = now(), leased_until = ${leasedUntil},
+             updated_at = now()
+        from head h
+       where d.event_id = any(array(select event_id from head where state = 'waiting'))
+         and d.endpoint_id = h.endpoint_id and d.event_id = h.event_id and h.state = 'waiting' and d.state = 'waiting'
+         and not exists (select 1 from webhook_deliveries q
+                          where q.endpoint_id = d.endpoint_id and q.line_id = d.line_id and q.state = 'queued')
+         and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
+      returning d.endpoint_id, d.event_id, d.line_id, d.generation, d.attempts
     )
-    update webhook_deliveries d
-       set state = 'queued', generation = d.generation + 1, next_attempt_at = now(), updated_at = now()
-      from head h
-     where d.event_id = any(array(select event_id from head where state = 'waiting'))
-       and d.endpoint_id = h.endpoint_id and d.event_id = h.event_id and h.state = 'waiting' and d.state = 'waiting'
-       and not exists (select 1 from webhook_deliveries q
-                        where q.endpoint_id = d.endpoint_id and q.line_id = d.line_id and q.state = 'queued')
-       and exists (select 1 from webhook_endpoints ep where ep.id = d.endpoint_id and ep.enabled)
-    returning d.endpoint_id as "endpointId", d.event_id as "eventId", d.generation, d.sequence
+    ${sendable('promoted')}
   `.execute(trx)
   return rows
 }
@@ -386,7 +414,7 @@ export async function sweepLapsedLeases(trx: Kysely<DB>, limit = 500): Promise<D
       from webhook_endpoints ep
      where ep.id = d.endpoint_id and not ep.enabled and d.state in ('waiting', 'queued')
   `.execute(trx)
-  return [...rows, ...(await promoteNext(trx, orphans))]
+  return [...rows, ...(await promoteNext(trx, orphans)).map(jobOf)]
 }
 
 /**
