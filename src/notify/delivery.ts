@@ -341,7 +341,6 @@ export async function startNotifier(o: {
   }
 
   async function sweep() {
-    lastSweep = Date.now()
     const jobs = await db.transaction().execute(async (trx) => {
       const j = await sweepLapsedLeases(trx)
       await publish(trx, j)
@@ -350,14 +349,35 @@ export async function startNotifier(o: {
     if (jobs.length > 0) log.info({ deliveries: jobs.length }, 'client webhook deliveries published again')
   }
 
+  // The sweep runs beside the relay, one at a time: awaited in the loop, its four statements (p90 21 ms, at most
+  // 109 ms in the benchmark) held up the relay of every event written meanwhile, once a second.
+  let sweeping: Promise<void> | undefined
+  let sweepFailures = 0
+  function sweepWhenDue() {
+    if (sweeping || Date.now() - lastSweep < SWEEP_EVERY_MS) return
+    lastSweep = Date.now()
+    sweeping = sweep()
+      .then(() => {
+        sweepFailures = 0
+      })
+      .catch((err) => {
+        sweepFailures++
+        if (sweepFailures === 1 || sweepFailures % 30 === 0)
+          log.error({ err: sanitized(err), failures: sweepFailures }, 'client webhook lease sweep failed')
+      })
+      .finally(() => {
+        sweeping = undefined
+      })
+  }
+
   async function loop() {
     let failures = 0
     while (running) {
       wanted = false
       let full = false
+      sweepWhenDue()
       try {
         full = (await relayOnce()) === RELAY_BATCH
-        if (Date.now() - lastSweep >= SWEEP_EVERY_MS) await sweep()
         failures = 0
       } catch (err) {
         failures++
@@ -389,6 +409,7 @@ export async function startNotifier(o: {
       chaining = false
       wake?.()
       await loopDone
+      await sweeping
       await listener?.end().catch(() => {})
       await boss.offWork(DELIVERY_QUEUE, { wait: true })
       await Promise.allSettled([...sends]).catch(() => {})
