@@ -128,7 +128,7 @@ export async function benchWebhooks(serviceUrl: string, db: Kysely<DB>, sim: Sim
   try {
     sim.configure({ callDurationMs: 200 })
     await slotRun(serviceUrl, db, sim, 300) // warm-up
-    for (let round = 0; round < 2; round++) {
+    for (let round = 0; round < 3; round++) {
       await sql`delete from webhook_endpoints`.execute(db)
       without.push((await slotRun(serviceUrl, db, sim, N)).callsPerSec)
       // any enabled endpoint makes every status change write its event; this one wants none of them

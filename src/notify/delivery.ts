@@ -32,6 +32,8 @@ export const DELIVERY_QUEUE = 'client-webhook'
 const RELAY_BATCH = 1000
 const RELAY_POLL_MS = 1000
 const SWEEP_EVERY_MS = 1000
+/** The priority of a sending slot for the next delivery of a line already under way (see semaphore()). */
+const LINE_UNDER_WAY = Number.MAX_SAFE_INTEGER
 /** pg-boss workers per process; each fetches up to WEBHOOK_DELIVERY_CONCURRENCY jobs at a time. */
 const WORKERS = 2
 /** While LISTEN/NOTIFY works, how often idle workers look for due jobs anyway (retries of other processes). */
@@ -198,7 +200,7 @@ export async function startNotifier(o: {
     try {
       for (let d: LeasedDelivery | undefined = head; d; ) {
         if (!holding) {
-          await slots.acquire({ first: true }) // a line already under way goes before deliveries fetched after it
+          await slots.acquire(LINE_UNDER_WAY) // goes before deliveries fetched but not yet sending
           holding = true
         }
         const outcome = await send(d)
@@ -285,7 +287,7 @@ export async function startNotifier(o: {
       const sending: Promise<void>[] = []
       for (const d of leased) {
         if (!d) continue
-        const slot = slots.acquire()
+        const slot = slots.acquire(d.sequence ?? 1)
         sending.push(slot)
         const p: Promise<void> = slot
           .then(() => deliver(d))
@@ -418,23 +420,29 @@ export async function startNotifier(o: {
   }
 }
 
-/** Counting semaphore of single permits, first come first served unless a waiter asks to go first. */
+/**
+ * Counting semaphore of single permits. Waiters go by priority, then first come first served: a delivery fetched
+ * in a batch waits behind later events of other calls (their sequence: a call.completed before a burst of
+ * call.created, as pg-boss fetches them), and a line already under way goes first.
+ */
 function semaphore(capacity: number) {
   let free = capacity
-  const waiting: (() => void)[] = []
+  const waiting: { priority: number; resolve: () => void }[] = []
   return {
-    acquire(o: { first?: boolean } = {}) {
+    acquire(priority: number) {
       return new Promise<void>((resolve) => {
         if (free > 0) {
           free--
-          resolve()
-        } else if (o.first) waiting.unshift(resolve)
-        else waiting.push(resolve)
+          return resolve()
+        }
+        let at = waiting.length
+        while (at > 0 && (waiting[at - 1] as { priority: number }).priority < priority) at--
+        waiting.splice(at, 0, { priority, resolve })
       })
     },
     release() {
       const next = waiting.shift()
-      if (next) next()
+      if (next) next.resolve()
       else free++
     },
   }
