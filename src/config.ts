@@ -96,7 +96,12 @@ export const EnvSchema = Type.Object({
     'client webhooks: disable an endpoint failing this long',
   ),
   WEBHOOK_TIMEOUT_MS: Int(10_000, 100, MINUTE, 'client webhooks: one delivery request, connect to last byte'),
-  WEBHOOK_DELIVERY_CONCURRENCY: Int(20, 1, 1000, 'client webhooks: requests in flight per process (and jobs per fetch)'),
+  WEBHOOK_DELIVERY_CONCURRENCY: Int(
+    20,
+    1,
+    1000,
+    'client webhooks: requests in flight per process (and jobs per fetch)',
+  ),
   WEBHOOK_ALLOW_HTTP: Type.Optional(
     Type.Boolean({ description: 'client webhooks: accept http:// URLs (default: outside production)' }),
   ),

@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely'
 import type { Logger } from 'pino'
 import type { Call, DB } from '../db/database.ts'
 import type { DialResult, Provider } from '../providers/generic.ts'
+import { runBeside } from '../run-beside.ts'
 import { claimDueCalls, msUntilNextDue } from '../sql/claim.ts'
 import { readDispatchSettings } from '../sql/settings.ts'
 import { expireOverdueCalls, sweepCampaignCalls, timeOutSilentCalls } from '../sql/sweep.ts'
@@ -57,7 +58,6 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   let wanted = false // a notify() arrived while a pass was running: run another right away
   let starved = false // the last pass had no room for dials: the next dial to finish starts one
   let wake: (() => void) | undefined
-  let lastSweep = 0
   let lastSettingsCheck = 0
   let pausedUntil = 0 // performance.now() before which this process claims nothing
   let unauthorizedRun = 0
@@ -93,28 +93,15 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
   // The sweep runs beside the claims, never more than one at a time: awaited in the pass, its three or four statements
   // held up the claim of every slot freed meanwhile, once a second (the refill gap's tail). The sweep and the claims
   // of other processes always ran side by side; PostgreSQL's row locks and the claim's lock keep them apart.
-  let sweeping: Promise<void> | undefined
-  let sweepFailures = 0
-  function sweepWhenDue() {
-    if (sweeping || Date.now() - lastSweep < o.sweepIntervalMs) return
-    lastSweep = Date.now()
-    sweeping = sweep()
-      .then(() => {
-        sweepFailures = 0
-      })
-      .catch((err) => {
-        sweepFailures++
-        if (sweepFailures === 1 || sweepFailures % 30 === 0)
-          o.log.error({ err, failures: sweepFailures }, 'sweep failed')
-      })
-      .finally(() => {
-        sweeping = undefined
-      })
-  }
+  const sweeper = runBeside({
+    everyMs: o.sweepIntervalMs,
+    run: sweep,
+    onError: (err, failures) => o.log.error({ err, failures }, 'sweep failed'),
+  })
 
   /** One claim-dial round (the sweep started beside it when due); true when it took as many calls as it asked for. */
   async function pass(): Promise<boolean> {
-    sweepWhenDue()
+    sweeper.whenDue()
     if (performance.now() < pausedUntil) return false
     const asked = maxInFlight - inFlight.size
     starved = asked <= 0
@@ -301,7 +288,7 @@ export function createDispatcher(o: DispatcherOptions): Dispatcher {
       running = false
       wake?.()
       await loopDone
-      await sweeping
+      await sweeper.idle()
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
         Promise.allSettled([...inFlight]),

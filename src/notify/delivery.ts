@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import type { ClientWebhookConfig } from '../config.ts'
 import { coalesce } from '../db/coalesce.ts'
 import type { DB } from '../db/database.ts'
+import { runBeside } from '../run-beside.ts'
 import { eventBody } from './payload.ts'
 import { retryDelayMs } from './retry.ts'
 import { createSender, type SendOutcome } from './sender.ts'
@@ -303,7 +304,6 @@ export async function startNotifier(o: {
   let running = true
   let wanted = false
   let wake: (() => void) | undefined
-  let lastSweep = 0
   let listener: pg.Client | undefined
 
   const nudge = () => {
@@ -353,31 +353,18 @@ export async function startNotifier(o: {
 
   // The sweep runs beside the relay, one at a time: awaited in the loop, its four statements (p90 21 ms, at most
   // 109 ms in the benchmark) held up the relay of every event written meanwhile, once a second.
-  let sweeping: Promise<void> | undefined
-  let sweepFailures = 0
-  function sweepWhenDue() {
-    if (sweeping || Date.now() - lastSweep < SWEEP_EVERY_MS) return
-    lastSweep = Date.now()
-    sweeping = sweep()
-      .then(() => {
-        sweepFailures = 0
-      })
-      .catch((err) => {
-        sweepFailures++
-        if (sweepFailures === 1 || sweepFailures % 30 === 0)
-          log.error({ err: sanitized(err), failures: sweepFailures }, 'client webhook lease sweep failed')
-      })
-      .finally(() => {
-        sweeping = undefined
-      })
-  }
+  const sweeper = runBeside({
+    everyMs: SWEEP_EVERY_MS,
+    run: sweep,
+    onError: (err, failures) => log.error({ err: sanitized(err), failures }, 'client webhook lease sweep failed'),
+  })
 
   async function loop() {
     let failures = 0
     while (running) {
       wanted = false
       let full = false
-      sweepWhenDue()
+      sweeper.whenDue()
       try {
         full = (await relayOnce()) === RELAY_BATCH
         failures = 0
@@ -411,7 +398,7 @@ export async function startNotifier(o: {
       chaining = false
       wake?.()
       await loopDone
-      await sweeping
+      await sweeper.idle()
       await listener?.end().catch(() => {})
       await boss.offWork(DELIVERY_QUEUE, { wait: true })
       await Promise.allSettled([...sends]).catch(() => {})
