@@ -91,9 +91,10 @@ describe('the dispatch loop', () => {
     const config = testConfig({ DATABASE_URL: t.url, AI_CALL_API_URL: sim.url })
     const wakeup = createWakeup(undefined, undefined)
     const recorder = createRecorder({ db: t.db, wakeup, log, patienceMs: 5000 })
+    const provider = createCallProvider(config, sim.url)
     const dispatcher = createDispatcher({
       db: t.db,
-      provider: createCallProvider(config, sim.url),
+      provider,
       recorder,
       log,
       policy: config.dispatch,
@@ -120,6 +121,7 @@ describe('the dispatch loop', () => {
     } finally {
       await dispatcher.stop()
       recorder.close()
+      await provider.close()
       await sim.close()
     }
   })

@@ -10,8 +10,9 @@ import { median, percentile, round, sleep } from './stats.ts'
 // Benchmark 8 (issue 12): client webhooks. A fast receiver in this process (answers 204 at once) and the service
 // as a child process, as for the other benchmarks.
 // - cost: the cap-30 slot run (200 ms calls) without an endpoint, with one that takes no call events (every event is
-//   written and relayed, nothing is sent: the cost of event writing, the issue's goal) and with one that takes them
-//   all (written and delivered, the receiver on the same two cores), alternating, calls/s compared;
+//   written, already published since migration 0083, and nothing is relayed or sent: the cost of event writing, the
+//   issue's goal) and with one that takes them all (written and delivered, the receiver on the same two cores),
+//   alternating, calls/s compared;
 // - latency: the simulator's final webhook sent -> the receiver got call.completed for that call (both clocks are
 //   this process's performance clock);
 // - throughput: 3,000 calls created in 3 requests -> 3,000 call.created deliveries, first to last receipt.
