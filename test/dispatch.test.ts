@@ -112,11 +112,14 @@ describe('the dispatch loop', () => {
         3600_000,
       )
       dispatcher.start()
-      await waitFor('ten calls accepted by the provider', () => sim.stats().accepted === 10 || undefined)
-      const { rows } = await sql<{ n: number }>`
-        select count(*)::int as n from calls where status = 'IN_PROGRESS' and provider_call_id is not null
-      `.execute(t.db)
-      expect(rows[0]?.n).toBe(10)
+      // the provider's id is recorded after its 202 is read: wait for the database, not the simulator
+      await waitFor('ten calls in progress with their provider ids', async () => {
+        const { rows } = await sql<{ n: number }>`
+          select count(*)::int as n from calls where status = 'IN_PROGRESS' and provider_call_id is not null
+        `.execute(t.db)
+        return rows[0]?.n === 10 || undefined
+      })
+      expect(sim.stats().accepted).toBe(10)
       expect(sim.stats().maxActive).toBe(10)
     } finally {
       await dispatcher.stop()
