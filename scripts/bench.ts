@@ -57,7 +57,7 @@ import { benchWebhooks, type WebhookBenchResult } from './bench/webhooks.ts'
 //                                    so a long fill runs outside the bench lock and the timing inside it
 //   --only=create,dispatch,backlog,campaigns,history,webhooks   run some phases (default: all; latest.json only for a full run)
 //   --history-calls=N                 size of benchmark 11's database: N finished calls, 4N history rows (default
-//                                     200,000; the issue's figure is 10,000,000: about 25 minutes to fill here)
+//                                     200,000; the issue's figure is 10,000,000: 8-9 minutes to fill here, about 20 under load)
 //   --only=sizes --calls=N           not in the default run: table and index sizes after N zero-length calls went
 //                                    through the dispatcher (default 1,000,000: about 20 minutes per arm here), with
 //                                    migration 0041's storage settings and with them reset

@@ -74,9 +74,7 @@ export async function relayEvents(trx: Kysely<DB>, limit: number): Promise<{ eve
              ep.id as endpoint_id
         from batch b
         join webhook_endpoints ep
-          on ep.enabled and b.sequence is not null
-         and (ep.events is null or b.type = any(ep.events))
-         and (ep.campaign_id is null or ep.campaign_id = b.campaign_id)
+          on ep.enabled and b.sequence is not null and webhook_endpoint_takes(ep, b.type, b.campaign_id)
     ), busy as (
       select d.endpoint_id, d.line_id, d.event_id, d.generation, d.state, d.leased_until, d.next_attempt_at
         from webhook_deliveries d
@@ -449,9 +447,7 @@ export async function redeliverEvent(
         insert into webhook_deliveries (endpoint_id, event_id, line_id, sequence, state)
         select ep.id, e.id, coalesce(e.call_id, e.campaign_id), e.sequence, 'queued'
           from webhook_events e
-          join webhook_endpoints ep
-            on ep.enabled and (ep.events is null or e.type = any(ep.events))
-           and (ep.campaign_id is null or ep.campaign_id = e.campaign_id)
+          join webhook_endpoints ep on ep.enabled and webhook_endpoint_takes(ep, e.type, e.campaign_id)
          where e.id = ${eventId}::uuid
            and not exists (select 1 from webhook_deliveries d where d.event_id = e.id and d.endpoint_id = ep.id)
         returning endpoint_id as "endpointId", event_id as "eventId", generation, sequence
