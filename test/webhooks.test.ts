@@ -175,6 +175,31 @@ describe('client webhooks', () => {
     expect(rows.slice(1).map((x) => x.jobs)).toEqual([0, 0])
   })
 
+  it("sends a call's later events from the relaying process, without a job, when nothing waits before them", async () => {
+    // an endpoint that takes only final events: each call.completed is the head of an idle line when relayed. A
+    // call.created (sequence 1) still goes through pg-boss; a later event is leased by the relay and sent from its
+    // process (src/notify/delivery.ts, relayOnce), ahead of call.created fetched by the workers
+    const r = await receiver()
+    await endpoint({ url: r.url, events: ['call.created', 'call.completed'] })
+    await s.createCalls(3, (i) => phone(3200 + i))
+    await s.waitAllFinal()
+    await waitFor('every event acknowledged', () => r.acknowledged().length === 6)
+    for (const [, rs] of byCall(r.acknowledged()))
+      expect(rs.map((x) => x.json.type)).toEqual(['call.created', 'call.completed'])
+    const { rows } = await sql<{ type: string; jobs: number }>`
+      select e.type, (select count(*)::int from pgboss.job j
+                       where j.name = 'client-webhook' and j.data ->> 'eventId' = e.id::text) as jobs
+        from webhook_events e where e.type in ('call.created', 'call.completed') order by e.type`.execute(t.db)
+    expect(rows.map((x) => `${x.type}:${x.jobs}`)).toEqual([
+      'call.completed:0',
+      'call.completed:0',
+      'call.completed:0',
+      'call.created:1',
+      'call.created:1',
+      'call.created:1',
+    ])
+  })
+
   it('honours Retry-After on 503', async () => {
     const r = await receiver((_x, n) => (n === 0 ? { status: 503, headers: { 'retry-after': '1' } } : 200))
     await endpoint({ url: r.url, events: ['call.created'] })

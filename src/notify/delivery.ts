@@ -109,11 +109,15 @@ function sanitized(err: unknown): Error {
   return new Error(`client webhook delivery failed: ${e.code ?? ''} ${e.message ?? String(err)}`.trim())
 }
 
+/** How many rounds of requests the deliveries the relay keeps (see relayOnce) may fill while they wait for slots. */
+const KEPT_ROUNDS = 2
+
 /**
  * How long a worker holds a delivery: the wait for a sending slot (the WORKERS fetched batches, each as large as
- * the slots, wait for at most two rounds of requests), its own request's timeout, and a margin to record its result.
+ * the slots, wait for at most two rounds of requests, and the deliveries the relay keeps go before them for at most
+ * KEPT_ROUNDS more), its own request's timeout, and a margin to record its result.
  */
-const leaseMsFor = (config: ClientWebhookConfig) => config.timeoutMs * (1 + WORKERS) + 5000
+const leaseMsFor = (config: ClientWebhookConfig) => config.timeoutMs * (1 + WORKERS + KEPT_ROUNDS) + 5000
 
 export async function startNotifier(o: {
   db: Kysely<DB>
@@ -285,20 +289,20 @@ export async function startNotifier(o: {
         // webhook_endpoints row, secret included: only the code and message leave this handler.
         throw sanitized(err)
       }
-      const sending: Promise<void>[] = []
-      for (const d of leased) {
-        if (!d) continue
-        const slot = slots.acquire(d.sequence ?? 1)
-        sending.push(slot)
-        const p: Promise<void> = slot
-          .then(() => deliver(d))
-          .catch((err) => log.error({ err: sanitized(err), eventId: d.event_id }, 'client webhook delivery failed'))
-          .finally(() => sends.delete(p))
-        sends.add(p)
-      }
-      await Promise.all(sending)
+      await Promise.all(leased.flatMap((d) => (d ? [startSending(d, d.sequence ?? 1)] : [])))
     },
   )
+
+  /** Sends a leased delivery once a slot is free, beside the caller; resolves when it has the slot. */
+  function startSending(d: LeasedDelivery, priority: number): Promise<void> {
+    const slot = slots.acquire(priority)
+    const p: Promise<void> = slot
+      .then(() => deliver(d))
+      .catch((err) => log.error({ err: sanitized(err), eventId: d.event_id }, 'client webhook delivery failed'))
+      .finally(() => sends.delete(p))
+    sends.add(p)
+    return slot
+  }
 
   // ---- the relay ----
   let running = true
@@ -332,14 +336,36 @@ export async function startNotifier(o: {
     }
   }
 
+  // The relay keeps a call's later events (call.started and after, and the second job of a head that a later event
+  // is waiting behind) for this process: it leases them in its own transaction and sends them from here, ahead of
+  // the call.created fetched in the workers' batches, with no job. A job waits for a worker's next fetch, and in a
+  // burst of call.created both workers hold a batch waiting for slots: the slowest final events waited 80-140 ms
+  // for that fetch, behind a head that was itself still in the burst (benchmark 13's trace). A lease that lapses is
+  // published again by the sweep, as for chaining. At most KEPT_ROUNDS x WEBHOOK_DELIVERY_CONCURRENCY kept deliveries
+  // wait for a slot at a time (the rest get jobs), so other processes still share the load and a lease never waits
+  // out; one round was too few for the first wave of a run (30 calls ending at once, 10 of them sent as jobs).
+  let keptWaiting = 0
+
   /** One relay transaction; the number of events it took (-1: another relay holds the lock). */
   async function relayOnce(): Promise<number> {
-    return db.transaction().execute(async (trx) => {
-      if (!(await tryRelayLock(trx))) return -1
+    const { events, kept } = await db.transaction().execute(async (trx) => {
+      if (!(await tryRelayLock(trx))) return { events: -1, kept: [] }
       const { events, jobs } = await relayEvents(trx, RELAY_BATCH)
-      await publish(trx, jobs)
-      return events
+      const room = chaining ? Math.max(0, KEPT_ROUNDS * config.concurrency - keptWaiting) : 0
+      const urgent = jobs.filter((j) => j.sequence > 1).slice(0, room)
+      const leased = await leaseDeliveries(trx, urgent, leaseMs)
+      const priority = new Map(urgent.map((j) => [`${j.endpointId}:${j.eventId}`, j.sequence]))
+      const kept = leased.map((d) => ({ d, priority: priority.get(`${d.endpoint_id}:${d.event_id}`) ?? 1 }))
+      const keptKeys = new Set(kept.map(({ d }) => `${d.endpoint_id}:${d.event_id}`))
+      await publish(
+        trx,
+        jobs.filter((j) => !keptKeys.has(`${j.endpointId}:${j.eventId}`)),
+      )
+      return { events, kept }
     })
+    keptWaiting += kept.length
+    for (const { d, priority } of kept) void startSending(d, priority).finally(() => keptWaiting--)
+    return events
   }
 
   async function sweep() {
