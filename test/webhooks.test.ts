@@ -176,9 +176,10 @@ describe('client webhooks', () => {
   })
 
   it("sends a call's later events from the relaying process, without a job, when nothing waits before them", async () => {
-    // an endpoint that takes only final events: each call.completed is the head of an idle line when relayed. A
-    // call.created (sequence 1) still goes through pg-boss; a later event is leased by the relay and sent from its
-    // process (src/notify/delivery.ts, relayOnce), ahead of call.created fetched by the workers
+    // an endpoint that takes call.created and call.completed only: a call.completed is relayed when its line is idle
+    // (or waits behind the call.created and follows it from the same slot). A call.created (sequence 1) still goes
+    // through pg-boss; a later event is leased by the relay and sent from its process (src/notify/delivery.ts,
+    // relayOnce). Before that change each call.completed here had one job.
     const r = await receiver()
     await endpoint({ url: r.url, events: ['call.created', 'call.completed'] })
     await s.createCalls(3, (i) => phone(3200 + i))
